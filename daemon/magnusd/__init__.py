@@ -1,0 +1,1 @@
+"""magnusd: the magnus tracking daemon — journal, run logs and tracker fan-out."""

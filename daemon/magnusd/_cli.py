@@ -1,0 +1,222 @@
+"""`magnusd`: serve | status | runs | show | check-config (design §6).
+
+Every command prints a one-line error and exits non-zero on failure. `runs` and `show` read the
+data directory directly, so they work whether or not the daemon runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from ._errors import MagnusdError, NotRunning
+from ._settings import Settings, resolve
+
+EXIT_NOT_RUNNING = 3
+
+
+def _json(obj: Any) -> str:
+    # Values tracked by clients are JSON-friendly; anything odd a foreign client slipped in
+    # (nested bytes) is rendered, never fatal.
+    return msgspec.json.encode(obj, enc_hook=repr).decode()
+
+
+def _common(p: argparse.ArgumentParser, *which: str) -> None:
+    if "socket" in which:
+        p.add_argument("--socket", help="Unix socket path (env MAGNUS_SOCKET)")
+    if "data_dir" in which:
+        p.add_argument("--data-dir", dest="data_dir", help="data directory (env MAGNUS_DATA_DIR)")
+    if "config" in which:
+        p.add_argument("--config", help="config file (env MAGNUS_CONFIG)")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="magnusd", description="The magnus tracking daemon.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the daemon in the foreground")
+    _common(p, "socket", "data_dir", "config")
+    p.add_argument("--fsync-interval", dest="fsync_interval", type=float,
+                   help="max seconds between journal fsyncs (env MAGNUS_FSYNC_INTERVAL; 0.1)")
+    p.add_argument("--allow-uid", dest="allow_uids", action="append",
+                   help="also accept clients of this uid (repeatable; env MAGNUS_ALLOW_UIDS)")
+    p.add_argument("--log-level", dest="log_level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    p = sub.add_parser("status", help="the running daemon's state (exit 3 when not running)")
+    _common(p, "socket")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("runs", help="list runs")
+    _common(p, "data_dir")
+    p.add_argument("--tag")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("show", help="one run log")
+    _common(p, "data_dir")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("check-config", help="validate a config file")
+    _common(p, "config")
+    p.add_argument("path", nargs="?", metavar="PATH")
+    return ap
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    opts = {k: v for k, v in vars(args).items() if v is not None}
+    if isinstance(opts.get("allow_uids"), list):
+        opts["allow_uids"] = ",".join(opts["allow_uids"])
+    return resolve(opts, os.environ)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import anyio
+
+    from ._server import Daemon
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(args)
+    anyio.run(Daemon(settings, dict(os.environ)).run)
+    return 0
+
+
+def request_status(path: str, timeout: float = 5.0) -> dict[str, Any]:
+    from magnus import _protocol as proto
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        s.sendall(proto.frame(proto.Hello(proto.PROTOCOL_VERSION, "cli-" + os.urandom(4).hex(),
+                                          os.getpid()))
+                  + proto.frame(proto.StatusRequest()))
+        buf = bytearray()
+        while True:
+            frames, used, error = proto.split_frames(buf)
+            del buf[:used]
+            for f in frames:
+                msg = proto.decoder.decode(f)
+                if isinstance(msg, proto.StatusReply):
+                    return msg.body
+                if isinstance(msg, proto.Error):
+                    raise MagnusdError(f"the daemon at {path} refused: {msg.message}")
+            if error:
+                raise MagnusdError(f"bad reply from the daemon at {path}: {error}")
+            chunk = s.recv(65536)
+            if not chunk:
+                raise NotRunning(f"the daemon at {path} closed the connection")
+            buf += chunk
+    except (FileNotFoundError, ConnectionRefusedError) as e:
+        raise NotRunning(f"magnusd is not running (no answer on {path}: {e.strerror})") from None
+    except TimeoutError:
+        raise NotRunning(f"magnusd did not answer on {path} within {timeout} s") from None
+    finally:
+        s.close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = request_status(_settings(args).socket)
+    if args.json:
+        print(_json(st))
+        return 0
+    cfg = st["config"]
+    print(f"magnusd pid {st['pid']}, up {st['uptime_s']:.0f} s, {st['clients']} client(s), "
+          f"{st['events_total']} events this run")
+    print(f"  socket   {st['socket']}\n  data     {st['data_dir']}")
+    print(f"  journal  seq {st['journal']['last_seq']} (durable {st['journal']['durable_seq']}), "
+          f"{st['journal']['segments']} segment(s), {st['journal']['bytes']} bytes")
+    print(f"  config   {cfg['path']}" + (f"  ERROR: {cfg['error']}" if cfg["error"] else ""))
+    for t in st["trackers"]:
+        print(f"  tracker  {t['name']} ({t['type']}): {t['state']}, pending {t['pending']}, "
+              f"delivered {t['delivered']}, errors {t['errors']}"
+              + (f", last error: {t['last_error']}" if t.get("last_error") else ""))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from ._runlog import list_runs
+
+    runs = list_runs(_settings(args).data_dir, args.tag)
+    if args.json:
+        print(_json(runs))
+        return 0
+    if not runs:
+        print("no runs")
+    for r in runs:
+        print(f"{r['run_id']}\t{r['tag'] or '-'}\t{r['status']}\t{len(r['steps'])} step(s)\t"
+              f"{r['updated'] or ''}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from ._runlog import load_run
+
+    data_dir = _settings(args).data_dir
+    run = load_run(data_dir, args.run_id)
+    if run is None:
+        raise MagnusdError(f"no run {args.run_id!r} in {data_dir} (see `magnusd runs`)")
+    if args.json:
+        print(_json(run))
+        return 0
+    print(f"run {run['run_id']}  tag {run['tag'] or '-'}  {run['status']}")
+    for st in run["steps"].values():
+        m = st["user_defined_metrics"]
+        print(f"  step {st['name']}: {st['status']}, {len(st['attempts'])} attempt(s), "
+              f"{len(m)} metric(s)")
+        for k in list(m)[:20]:
+            print(f"    {k} = {_json(m[k])}")
+        if len(m) > 20:
+            print(f"    ... {len(m) - 20} more (--json for all)")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from . import _config
+
+    path = args.path or _settings(args).config
+    if not os.path.exists(path):
+        raise MagnusdError(f"{path}: no such file")
+    try:
+        cfg = _config.load(path, os.environ)
+    except _config.ConfigError as e:
+        for p in e.problems:
+            print(f"{path}: {p}", file=sys.stderr)
+        return 1
+    print(f"{path}: valid, {len(cfg.trackers)} tracker(s)")
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "status": cmd_status, "runs": cmd_runs, "show": cmd_show,
+            "check-config": cmd_check_config}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except NotRunning as e:
+        print(f"magnusd: {e}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    except MagnusdError as e:
+        print(f"magnusd: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run() -> None:
+    sys.exit(main())

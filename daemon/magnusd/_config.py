@@ -1,0 +1,119 @@
+"""The configuration file (design §8): YAML decoded into msgspec structs.
+
+Unknown keys are errors naming the key path; `${name}` is replaced by the environment variable
+`MAGNUS_VAR_name`, and an unresolved name is an error naming it. A missing file means no
+trackers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+import yaml
+
+_VAR = re.compile(r"\$\{([^}]*)\}")
+
+
+class TrackerDef(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    type: str
+    name: str | None = None
+    config: dict[str, Any] = {}
+    backfill: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.name or self.type
+
+    def to_builtins(self) -> dict[str, Any]:
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        out["name"] = self.key
+        return out
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    experiment_tracker: TrackerDef | list[TrackerDef] | None = None
+
+    @property
+    def trackers(self) -> list[TrackerDef]:
+        t = self.experiment_tracker
+        return [] if t is None else [t] if isinstance(t, TrackerDef) else list(t)
+
+
+class ConfigError(ValueError):
+    """Every problem found in a config file, one per line."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {p}" for p in problems))
+
+
+def substitute(value: Any, environ: Mapping[str, str], where: str, problems: list[str]) -> Any:
+    if isinstance(value, str):
+        def one(m: re.Match[str]) -> str:
+            name = m.group(1)
+            got = environ.get(f"MAGNUS_VAR_{name}")
+            if got is None:
+                problems.append(f"{where}: ${{{name}}} is not defined "
+                                f"(set the environment variable MAGNUS_VAR_{name})")
+                return m.group(0)
+            return got
+
+        return _VAR.sub(one, value)
+    if isinstance(value, dict):
+        return {k: substitute(v, environ, f"{where}.{k}", problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, environ, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def parse(text: str, path: str, environ: Mapping[str, str]) -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(path, [f"invalid YAML: {e}".replace("\n", " ")]) from None
+    if raw is None:
+        return Config()
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise ConfigError(path, [f"$: expected a mapping, got {type(raw).__name__}"])
+    raw = substitute(raw, environ, "$", problems)
+    try:
+        cfg = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as e:
+        problems.append(str(e))
+        raise ConfigError(path, problems) from None
+    names = [t.key for t in cfg.trackers]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"$.experiment_tracker: two trackers are named {dup!r} (set `name:`)")
+    if problems:
+        raise ConfigError(path, problems)
+    return cfg
+
+
+def load(path: str, environ: Mapping[str, str]) -> Config:
+    """The config at `path`; a missing file is an empty config."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return Config()
+    except OSError as e:
+        raise ConfigError(path, [f"cannot read: {e.strerror}"]) from None
+    return parse(text, path, environ)
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+
+
+def environ_snapshot() -> dict[str, str]:
+    return dict(os.environ)

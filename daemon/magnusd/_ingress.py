@@ -1,0 +1,223 @@
+"""Ingress: client connections in, journal records out.
+
+Each read of a connection is parsed whole: every complete frame is decoded, the state-changing
+messages of the read are appended to the journal in one write, and `Sync` requests are answered
+(by the connection's writer task) once the journal fsync covers them. A client that breaks the
+protocol — bad framing, a message that does not decode to the expected shape, a wrong protocol
+version — gets an `Error` frame and is disconnected; what it sent before the bad frame is kept,
+and nobody else is affected.
+
+Resends are journaled once: the daemon remembers the last seq of every client id (`Dedup`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import SocketAttribute, SocketStream
+from magnus import _protocol as proto
+
+from ._journal import Journal
+
+log = logging.getLogger("magnusd.ingress")
+MAX_CLIENTS_REMEMBERED = 100_000
+_UCRED = struct.Struct("3i")
+
+
+class Dedup:
+    """The last journaled seq per client id (bounded; oldest forgotten first)."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+        self.skipped = 0
+
+    def admit(self, client_id: str, seq: int) -> bool:
+        last = self.last.get(client_id)
+        if last is not None and seq <= last:
+            self.skipped += 1
+            return False
+        if last is None and len(self.last) >= MAX_CLIENTS_REMEMBERED:
+            del self.last[next(iter(self.last))]
+        self.last[client_id] = seq
+        return True
+
+    def note(self, payload: bytes) -> None:
+        """Rebuild from a journal record (recovery)."""
+        try:
+            msg = proto.decoder.decode(payload)
+        except (msgspec.DecodeError, ValueError):
+            return
+        if type(msg) is proto.Batch or type(msg) is proto.StepMark:
+            self.admit(msg.client_id, msg.seq)
+
+
+class Refused(Exception):
+    """The client broke the protocol; the message says how."""
+
+
+class Ingress:
+    def __init__(self, journal: Journal, dedup: Dedup, allowed_uids: set[int],
+                 status: Callable[[], dict[str, Any]], max_frame: int = proto.MAX_FRAME) -> None:
+        self.journal = journal
+        self.dedup = dedup
+        self.allowed_uids = allowed_uids
+        self.status = status
+        self.max_frame = max_frame
+        self.clients = 0
+        self.events_total = 0
+        self.messages_total = 0
+        self.refused_total = 0
+
+    def take(self, payloads: list[bytes], hello: proto.Hello | None
+             ) -> tuple[int, list[proto.Sync], list[Any], proto.Hello | None, str | None]:
+        """Decode a read's frames and journal what changes state.
+
+        Returns (records journaled, syncs, other messages, hello, error). Frames after an error
+        are ignored; those before it are journaled.
+        """
+        to_journal = []
+        syncs: list[proto.Sync] = []
+        other: list[Any] = []
+        nrec = 0
+        error = None
+        for p in payloads:
+            try:
+                msg = proto.decoder.decode(p)
+            except (msgspec.DecodeError, ValueError) as e:
+                error = f"malformed message: {e}"
+                break
+            t = type(msg)
+            if t is proto.Batch or t is proto.StepMark:
+                if hello is None:
+                    error = "the first message must be hello"
+                    break
+                if self.dedup.admit(msg.client_id, msg.seq):
+                    to_journal.append(p)
+                    nrec += len(msg.records) if t is proto.Batch else 0
+            elif t is proto.Sync:
+                syncs.append(msg)
+            elif t is proto.Hello:
+                if hello is not None:
+                    error = "hello sent twice"
+                    break
+                if msg.version != proto.PROTOCOL_VERSION:
+                    error = (f"protocol version {msg.version} is not supported "
+                             f"(this daemon speaks {proto.PROTOCOL_VERSION})")
+                    break
+                hello = msg
+                other.append(msg)
+            elif t is proto.StatusRequest:
+                other.append(msg)
+            else:
+                error = f"unexpected {t.__name__} message from a client"
+                break
+        if to_journal:
+            self.journal.append(to_journal)
+            self.events_total += nrec
+            self.messages_total += len(to_journal)
+        return nrec, syncs, other, hello, error
+
+    async def handle(self, stream: SocketStream) -> None:
+        async with stream:
+            peer = _peer(stream)
+            if peer is not None and peer[1] not in self.allowed_uids:
+                self.refused_total += 1
+                log.warning("refused a client of uid %d (pid %d): not in the allowed uids %s",
+                            peer[1], peer[0], sorted(self.allowed_uids))
+                await _send_quietly(stream, proto.frame(proto.Error(
+                    f"uid {peer[1]} may not use this daemon")))
+                return
+            self.clients += 1
+            send, receive = anyio.create_memory_object_stream[tuple[Any, ...]](math.inf)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._writer, stream, receive)
+                    async with send:
+                        try:
+                            await self._reader(stream, send, peer)
+                        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                            pass  # the writer found the client gone
+            finally:
+                self.clients -= 1
+
+    async def _reader(self, stream: SocketStream, out: Any, peer: tuple[int, int, int] | None
+                      ) -> None:
+        buf = bytearray()
+        hello: proto.Hello | None = None
+        receive = stream.receive
+        while True:
+            try:
+                chunk = await receive(1 << 18)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+            buf += chunk
+            payloads, used, error = proto.split_frames(buf, self.max_frame)
+            del buf[:used]
+            _, syncs, other, new_hello, decode_error = self.take(payloads, hello)
+            error = decode_error or error
+            if new_hello is not hello and new_hello is not None:
+                hello = new_hello
+                out.send_nowait(("msg", proto.frame(proto.Welcome(proto.PROTOCOL_VERSION,
+                                                                  _pid()))))
+            for msg in other:
+                if type(msg) is proto.StatusRequest:
+                    out.send_nowait(("msg", proto.frame(proto.StatusReply(self.status()))))
+            last = self.journal.last_seq
+            for s in syncs:
+                out.send_nowait(("ack", s.seq, last, s.urgent))
+            if error:
+                self.refused_total += 1
+                who = f"pid {peer[0]}" if peer else "a client"
+                log.warning("disconnected %s: %s", who, error)
+                out.send_nowait(("close", proto.frame(proto.Error(error))))
+                return
+
+    async def _writer(self, stream: SocketStream, receive: Any) -> None:
+        """Send replies in order; acks only once the journal fsync covers them."""
+        async with receive:
+            async for item in receive:
+                kind = item[0]
+                try:
+                    if kind == "ack":
+                        _, client_seq, journal_seq, urgent = item
+                        await self.journal.wait_durable(journal_seq, urgent)
+                        await stream.send(proto.frame(proto.Ack(client_seq)))
+                    elif kind == "msg":
+                        await stream.send(item[1])
+                    else:  # close: the error frame is the last thing the client gets
+                        await _send_quietly(stream, item[1])
+                        return
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return
+
+
+def _peer(stream: SocketStream) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of the peer, via SO_PEERCRED."""
+    sock = stream.extra(SocketAttribute.raw_socket)
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    except (OSError, AttributeError):
+        return None
+    pid, uid, gid = _UCRED.unpack(raw)
+    return pid, uid, gid
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+async def _send_quietly(stream: SocketStream, data: bytes) -> None:
+    try:
+        with anyio.fail_after(1):
+            await stream.send(data)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError):
+        pass

@@ -1,0 +1,244 @@
+"""The journal: append-only segment files of CRC-framed, sequence-numbered records.
+
+Every state-changing message a client sends is appended here before anything else happens to
+it; the run-log store (and the trackers) are consumers that read the journal at their own
+cursor. One `append` is one `write` for all the records of a socket read; fsync runs in a worker
+thread at most `fsync_interval` apart, or at once when a client's `flush()` asks for it.
+
+Recovery (`open`) validates the last segment and truncates a torn tail, so the next record is
+appended right after the last valid one. Segments wholly below every consumer's durable cursor
+are deleted (`retain`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import anyio
+
+from . import _records as records
+
+log = logging.getLogger("magnusd.journal")
+SEGMENT_SUFFIX = ".seg"
+
+
+@dataclass(frozen=True)
+class Position:
+    segment: int  # first seq of the segment
+    offset: int  # bytes written to it
+
+
+class Journal:
+    def __init__(self, directory: str, segment_bytes: int = 64 << 20,
+                 fsync_interval: float = 0.1) -> None:
+        self.dir = directory
+        self.segment_bytes = segment_bytes
+        self.fsync_interval = fsync_interval
+        self.segments: tuple[int, ...] = ()  # first seq of each segment, ascending
+        self.fd = -1
+        self.size = 0
+        self.last_seq = 0  # last seq written
+        self.durable_seq = 0  # last seq fsynced
+        self.end = Position(1, 0)
+        self.truncated_bytes = 0
+        self._retired: list[int] = []  # fds of rotated segments awaiting their final fsync
+        self._sync_now = anyio.Event()
+        self._durable = anyio.Event()
+        self._written = anyio.Event()
+
+    def path(self, first_seq: int) -> str:
+        return os.path.join(self.dir, f"{first_seq:020d}{SEGMENT_SUFFIX}")
+
+    # -- recovery ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self.segments = tuple(list_segments(self.dir))
+        if not self.segments:
+            self.segments = (1,)
+        first = self.segments[-1]
+        path = self.path(first)
+        data = records.read_file(path)
+        good, last = 0, first - 1
+        for good, last, _ in records.scan(data):
+            pass
+        if good < len(data):
+            self.truncated_bytes = len(data) - good
+            log.warning("journal: truncated a torn tail of %d bytes in %s", len(data) - good, path)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.ftruncate(self.fd, good)
+        os.fsync(self.fd)
+        self.size = good
+        self.last_seq = self.durable_seq = last
+        self.end = Position(first, good)
+
+    def close(self) -> None:
+        for fd in self._retired:
+            os.fsync(fd)
+            os.close(fd)
+        self._retired.clear()
+        if self.fd >= 0:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            self.durable_seq = self.last_seq
+
+    # -- writing (event loop only) ----------------------------------------------------------
+
+    def append(self, payloads: list[bytes]) -> int:
+        """Append one record per payload in one write; return the last seq."""
+        seq = self.last_seq
+        parts = []
+        for p in payloads:
+            seq += 1
+            parts.append(records.encode(seq, p))
+        data = b"".join(parts)
+        records.write_all(self.fd, data)
+        self.size += len(data)
+        self.last_seq = seq
+        self.end = Position(self.end.segment, self.size)
+        self._written.set()
+        if self.size >= self.segment_bytes:
+            self._rotate()
+        return seq
+
+    def _rotate(self) -> None:
+        first = self.last_seq + 1
+        self._retired.append(self.fd)
+        self.fd = os.open(self.path(first), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.size = 0
+        self.segments = (*self.segments, first)
+        self.end = Position(first, 0)
+
+    async def wait_written(self, after_seq: int) -> None:
+        """Return once a record with seq > after_seq is written."""
+        while self.last_seq <= after_seq:
+            if self._written.is_set():
+                self._written = anyio.Event()
+            await self._written.wait()
+
+    # -- durability -------------------------------------------------------------------------
+
+    async def wait_durable(self, seq: int, urgent: bool) -> None:
+        while self.durable_seq < seq:
+            if urgent:
+                self._sync_now.set()
+            await self._durable.wait()
+
+    async def sync_loop(self) -> None:
+        """Group commit: fsync what was written, at most `fsync_interval` apart."""
+        while True:
+            with anyio.move_on_after(self.fsync_interval):
+                await self._sync_now.wait()
+            self._sync_now = anyio.Event()
+            await self.sync()
+
+    async def sync(self) -> None:
+        if self.durable_seq >= self.last_seq:
+            return
+        target = self.last_seq
+        retired, self._retired = self._retired, []
+        fds = [*retired, self.fd]
+        await anyio.to_thread.run_sync(_fsync_all, fds, retired)
+        self.durable_seq = max(self.durable_seq, target)
+        event, self._durable = self._durable, anyio.Event()
+        event.set()
+
+    # -- retention --------------------------------------------------------------------------
+
+    def retain(self, min_cursor: int) -> int:
+        """Delete segments whose every record is <= min_cursor; return how many."""
+        segs = self.segments
+        removed = 0
+        while len(segs) > 1 and segs[1] - 1 <= min_cursor:
+            try:
+                os.unlink(self.path(segs[0]))
+            except FileNotFoundError:
+                pass
+            segs = segs[1:]
+            removed += 1
+        self.segments = segs
+        return removed
+
+    def disk_bytes(self) -> int:
+        total = 0
+        for s in self.segments:
+            try:
+                total += os.stat(self.path(s)).st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+
+def _fsync_all(fds: list[int], close: list[int]) -> None:
+    for fd in fds:
+        os.fsync(fd)
+    for fd in close:
+        os.close(fd)
+
+
+def list_segments(directory: str) -> list[int]:
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(int(n[: -len(SEGMENT_SUFFIX)]) for n in names
+                  if n.endswith(SEGMENT_SUFFIX) and n[: -len(SEGMENT_SUFFIX)].isdigit())
+
+
+class Reader:
+    """Reads the journal forward from a seq; safe in a worker thread while the loop appends.
+
+    Works on a journal that is open in this process (`journal`) or, read-only, on a directory
+    (for `magnusd show` with the daemon stopped or running).
+    """
+
+    def __init__(self, directory: str, next_seq: int, journal: Journal | None = None) -> None:
+        self.dir = directory
+        self.journal = journal
+        self.next_seq = next_seq
+        segs = self._segments()
+        below = [s for s in segs if s <= next_seq]
+        self.segment = below[-1] if below else (segs[0] if segs else next_seq)
+        self.offset = 0
+
+    def _segments(self) -> tuple[int, ...]:
+        return self.journal.segments if self.journal else tuple(list_segments(self.dir))
+
+    def read(self, max_bytes: int = 8 << 20) -> list[tuple[int, bytes]]:
+        """Records from next_seq on, up to about max_bytes of payload; [] when caught up."""
+        out: list[tuple[int, bytes]] = []
+        got = 0
+        while got < max_bytes:
+            later = next((s for s in self._segments() if s > self.segment), None)
+            path = os.path.join(self.dir, f"{self.segment:020d}{SEGMENT_SUFFIX}")
+            active = self.journal is not None and self.journal.end.segment == self.segment
+            if self.journal is not None and active:
+                limit = self.journal.end.offset  # only what the writer has finished
+            else:
+                try:
+                    limit = os.stat(path).st_size
+                except FileNotFoundError:
+                    limit = 0
+            want = min(limit, self.offset + max(max_bytes - got, 2 << 20))
+            data = records.read_file(path, self.offset, want) if want > self.offset else b""
+            used = 0
+            for used, seq, payload in records.scan(data):
+                if seq >= self.next_seq:
+                    out.append((seq, payload))
+                    got += len(payload)
+                    self.next_seq = seq + 1
+            self.offset += used
+            if self.offset < limit:
+                if used:
+                    continue
+                if later is None or active:
+                    break  # a record still being written (read-only reader of a live journal)
+                log.error("journal: unreadable record in segment %d at offset %d; skipping to %d",
+                          self.segment, self.offset, later)
+            elif later is None or active:
+                break
+            self.segment, self.offset = later, 0
+        return out

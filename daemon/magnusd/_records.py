@@ -1,0 +1,83 @@
+"""CRC-framed records: the on-disk format of journal segments and run-log files.
+
+A record is a 16-byte header — payload length (u32), CRC-32 of seq + payload (u32), journal
+sequence number (u64), all big-endian — followed by the payload (one msgpack message). A reader
+stops at the first record that is incomplete or fails its CRC: that is a torn tail, and the
+writer truncates it on recovery.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+
+HEADER = struct.Struct(">IIQ")
+HEADER_SIZE = HEADER.size
+_SEQ = struct.Struct(">Q")
+MAX_PAYLOAD = 64 << 20  # anything claiming more is corruption
+
+
+def encode(seq: int, payload: bytes) -> bytes:
+    crc = zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq)))
+    return HEADER.pack(len(payload), crc, seq) + payload
+
+
+def encode_many(items: list[tuple[int, bytes]]) -> bytes:
+    return b"".join([encode(seq, p) for seq, p in items])
+
+
+def scan(data: bytes | memoryview, start: int = 0) -> Iterator[tuple[int, int, bytes]]:
+    """Yield (end offset, seq, payload) for each valid record from `start`; stop at the first bad."""
+    pos = start
+    end = len(data)
+    unpack = HEADER.unpack_from
+    crc32 = zlib.crc32
+    pack_seq = _SEQ.pack
+    while end - pos >= HEADER_SIZE:
+        n, crc, seq = unpack(data, pos)
+        stop = pos + HEADER_SIZE + n
+        if n > MAX_PAYLOAD or stop > end:
+            return
+        payload = bytes(data[pos + HEADER_SIZE : stop])
+        if crc32(payload, crc32(pack_seq(seq))) != crc:
+            return
+        yield stop, seq, payload
+        pos = stop
+
+
+def read_file(path: str, start: int = 0, end: int | None = None) -> bytes:
+    """Bytes of `path` from `start` to `end` (EOF when None); empty when the file is missing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return b""
+    try:
+        size = os.fstat(fd).st_size if end is None else end
+        chunks = []
+        pos = start
+        while pos < size:
+            chunk = os.pread(fd, min(size - pos, 16 << 20), pos)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            pos += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def valid_length(path: str) -> int:
+    """Length of the valid prefix of a record file (the offset to truncate a torn tail to)."""
+    data = read_file(path)
+    good = 0
+    for good, _, _ in scan(data):
+        pass
+    return good
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

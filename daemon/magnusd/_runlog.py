@@ -1,0 +1,185 @@
+"""Assembling RunLogs (design §7) from the run store and the journal's unapplied tail.
+
+Used by `magnusd show` and `magnusd runs`, with or without a daemon running: the run files hold
+everything up to the applier's progress, and the journal records after the checkpoint are folded
+on top, so an event is visible as soon as it is journaled, and after a crash before the applier
+caught up.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from magnus import _protocol as proto
+
+from . import _records as records
+from ._journal import Reader
+from ._runstore import (
+    MarkHead,
+    StepSeen,
+    head_decoder,
+    read_checkpoint,
+    run_dirname,
+    run_id_from_dirname,
+)
+
+_index_decoder = msgspec.msgpack.Decoder(StepSeen | proto.StepMark)
+_message_decoder = msgspec.msgpack.Decoder(proto.Batch | proto.StepMark)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+
+
+def _journal_tail(data_dir: str, run_id: str | None) -> list[tuple[int, bytes]]:
+    """Journal records after the checkpoint, of one run (or of all when run_id is None)."""
+    reader = Reader(os.path.join(data_dir, "journal"), read_checkpoint(data_dir) + 1)
+    out = []
+    while batch := reader.read():
+        for seq, payload in batch:
+            if run_id is None or head_decoder.decode(payload).run_id == run_id:
+                out.append((seq, payload))
+    return out
+
+
+class _Fold:
+    """Folds run messages, in journal order, into the RunLog shape."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.tag = ""
+        self.run_config: dict[str, Any] = {"experiment_tracker": []}
+        self.steps: dict[str, dict[str, Any]] = {}
+        self.open: dict[tuple[str, str], dict[str, Any]] = {}  # (step, client) → attempt
+        self.updated = 0.0
+
+    def step(self, name: str) -> dict[str, Any]:
+        st = self.steps.get(name)
+        if st is None:
+            st = self.steps[name] = {"name": name, "status": "PROCESSING",
+                                     "user_defined_metrics": {}, "attempts": []}
+        return st
+
+    def add(self, msg: Any) -> None:
+        if msg.tag:
+            self.tag = msg.tag
+        st = self.step(msg.step_name)
+        if type(msg) is proto.Batch:
+            udm = st["user_defined_metrics"]
+            for step, ts, metrics in msg.records:
+                if step == 0:
+                    udm.update(metrics)
+                else:
+                    for k, v in metrics.items():
+                        udm[f"{k}_{step}"] = v
+                self.updated = max(self.updated, ts)
+        elif type(msg) is proto.StepMark:
+            self.mark(st, msg)
+        elif type(msg) is StepSeen and msg.run_config:
+            self.run_config = dict(msg.run_config)
+
+    def mark(self, st: dict[str, Any], m: proto.StepMark) -> None:
+        key = (m.step_name, m.client_id)
+        self.updated = max(self.updated, m.ts)
+        if m.kind == "start":
+            att = {"start_time": _iso(m.ts), "end_time": None, "status": "PROCESSING"}
+            st["attempts"].append(att)
+            self.open[key] = att
+        else:
+            att = self.open.pop(key, None)
+            if att is None:  # the start was never seen: record the end alone
+                att = {"start_time": None, "end_time": None, "status": "PROCESSING"}
+                st["attempts"].append(att)
+            att["end_time"] = _iso(m.ts)
+            att["status"] = m.status or "SUCCESS"
+
+    def result(self) -> dict[str, Any]:
+        for st in self.steps.values():
+            states = {a["status"] for a in st["attempts"]}
+            st["status"] = ("FAIL" if "FAIL" in states else
+                            "PROCESSING" if "PROCESSING" in states or not states else "SUCCESS")
+        states = {st["status"] for st in self.steps.values()}
+        status = ("FAIL" if "FAIL" in states else
+                  "PROCESSING" if "PROCESSING" in states or not states else "SUCCESS")
+        return {"run_id": self.run_id, "tag": self.tag, "status": status,
+                "run_config": self.run_config, "steps": self.steps}
+
+
+def _fold_file_then_tail(fold: _Fold, stored: list[tuple[int, bytes]],
+                         tail: list[tuple[int, bytes]], decoder: Any) -> None:
+    last = 0
+    for seq, payload in stored:
+        fold.add(decoder.decode(payload))
+        last = max(last, seq)
+    for seq, payload in tail:
+        if seq > last:
+            fold.add(_message_decoder.decode(payload))
+
+
+def _stored(path: str) -> list[tuple[int, bytes]]:
+    return [(seq, p) for _, seq, p in records.scan(records.read_file(path))]
+
+
+def load_run(data_dir: str, run_id: str) -> dict[str, Any] | None:
+    """The RunLog of `run_id`, or None when nothing of it was ever journaled."""
+    rdir = os.path.join(data_dir, "runs", run_dirname(run_id))
+    index = _stored(os.path.join(rdir, "index"))
+    stored = _stored(os.path.join(rdir, "log"))
+    tail = _journal_tail(data_dir, run_id)
+    if not index and not stored and not tail:
+        return None
+    fold = _Fold(run_id)
+    for _, payload in index:
+        msg = _index_decoder.decode(payload)
+        if type(msg) is StepSeen:
+            fold.add(msg)
+    _fold_file_then_tail(fold, stored, tail, _message_decoder)
+    return fold.result()
+
+
+def list_runs(data_dir: str, tag: str | None = None) -> list[dict[str, Any]]:
+    """Summaries of every run (from the small index files and the journal tail)."""
+    folds: dict[str, _Fold] = {}
+    runs_dir = os.path.join(data_dir, "runs")
+    try:
+        names = sorted(os.listdir(runs_dir))
+    except FileNotFoundError:
+        names = []
+    last: dict[str, int] = {}  # per run, the last seq its index holds
+    for name in names:
+        run_id = run_id_from_dirname(name)
+        fold = folds[run_id] = _Fold(run_id)
+        for seq, payload in _stored(os.path.join(runs_dir, name, "index")):
+            msg = _index_decoder.decode(payload)
+            fold.add(msg)
+            last[run_id] = max(last.get(run_id, 0), seq)
+            if type(msg) is StepSeen:
+                fold.updated = max(fold.updated, msg.ts)
+        try:
+            fold.updated = max(fold.updated, os.stat(os.path.join(runs_dir, name, "log")).st_mtime)
+        except FileNotFoundError:
+            pass
+    for seq, payload in _journal_tail(data_dir, None):
+        h = head_decoder.decode(payload)
+        if seq <= last.get(h.run_id, 0):
+            continue
+        fold = folds.get(h.run_id) or folds.setdefault(h.run_id, _Fold(h.run_id))
+        if type(h) is MarkHead:
+            fold.add(_message_decoder.decode(payload))
+        else:
+            if h.tag:
+                fold.tag = h.tag
+            fold.step(h.step_name)
+    out = []
+    for fold in folds.values():
+        r = fold.result()
+        if tag is not None and r["tag"] != tag:
+            continue
+        out.append({"run_id": r["run_id"], "tag": r["tag"], "status": r["status"],
+                    "steps": sorted(r["steps"]),
+                    "updated": _iso(fold.updated) if fold.updated else None})
+    out.sort(key=lambda r: r["updated"] or "")
+    return out

@@ -1,0 +1,218 @@
+"""The run-log store: journal records copied, append-only, into one directory per run.
+
+The daemon never folds metrics: the applier decodes only each record's head (run, tag, step),
+appends the record unchanged to `runs/<run>/log`, and notes new steps and step marks in
+`runs/<run>/index` (small: what `magnusd runs` reads). Writing costs what the new events cost,
+whatever the size of the run, and the daemon's memory does not grow with history. The RunLog is
+assembled when it is read (`_runlog.py`).
+
+`runlog.checkpoint` holds the journal seq up to which every run file is fsynced; a restart
+replays the journal from there. Replaying a record twice is harmless: the fold is "later value
+wins" over a suffix replayed in order. A torn tail of a run file is truncated the first time the
+applier opens it after a start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.parse
+from collections import OrderedDict
+
+import anyio
+import msgspec
+
+from . import _records as records
+from ._journal import Journal, Reader
+
+log = logging.getLogger("magnusd.runstore")
+
+CHECKPOINT = "runlog.checkpoint"
+MAX_OPEN_FILES = 128
+MAX_SEEN_STEPS = 100_000
+CHECKPOINT_INTERVAL = 1.0
+
+
+class BatchHead(msgspec.Struct, tag="batch", array_like=True):
+    client_id: str
+    seq: int
+    run_id: str
+    tag: str
+    step_name: str
+
+
+class MarkHead(msgspec.Struct, tag="mark", array_like=True):
+    client_id: str
+    seq: int
+    run_id: str
+    tag: str
+    step_name: str
+
+
+class StepSeen(msgspec.Struct, tag="seen", array_like=True):
+    """Index record: the run has this step (with the run's tag and tracker definitions)."""
+
+    run_id: str
+    tag: str
+    step_name: str
+    ts: float
+    run_config: dict[str, object] = {}
+
+
+head_decoder = msgspec.msgpack.Decoder(BatchHead | MarkHead)
+_encoder = msgspec.msgpack.Encoder()
+
+
+def run_dirname(run_id: str) -> str:
+    """A file name for any run id: percent-encoded, and never '.' or '..'-like."""
+    name = urllib.parse.quote(run_id, safe="-_")
+    return name.replace(".", "%2E")
+
+
+def run_id_from_dirname(name: str) -> str:
+    return urllib.parse.unquote(name)
+
+
+def read_checkpoint(data_dir: str) -> int:
+    try:
+        with open(os.path.join(data_dir, CHECKPOINT), "rb") as f:
+            return int(json.load(f)["applied_seq"])
+    except FileNotFoundError:
+        return 0
+
+
+def write_checkpoint(data_dir: str, seq: int) -> None:
+    path = os.path.join(data_dir, CHECKPOINT)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"applied_seq": seq}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(data_dir)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RunStore:
+    """Applies journal records to run files; runs in a worker thread, one batch at a time."""
+
+    def __init__(self, data_dir: str, run_config: dict[str, object] | None = None) -> None:
+        self.data_dir = data_dir
+        self.runs_dir = os.path.join(data_dir, "runs")
+        os.makedirs(self.runs_dir, mode=0o700, exist_ok=True)
+        self.applied_seq = read_checkpoint(data_dir)  # last seq written to run files
+        self.durable_seq = self.applied_seq  # last seq covered by the checkpoint
+        self.run_config = run_config or {"experiment_tracker": []}
+        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._dirty: set[str] = set()
+        self._checked: set[str] = set()  # files whose torn tail was checked since start
+        self._seen: dict[tuple[str, str], None] = {}
+        self._last_checkpoint = time.monotonic()
+
+    # -- applying ---------------------------------------------------------------------------
+
+    def apply(self, batch: list[tuple[int, bytes]]) -> None:
+        by_file: dict[str, list[tuple[int, bytes]]] = {}
+        for seq, payload in batch:
+            if seq <= self.applied_seq:
+                continue
+            try:
+                h = head_decoder.decode(payload)
+            except msgspec.DecodeError:
+                log.error("runstore: journal record %d is not a run message; skipped", seq)
+                continue
+            rdir = os.path.join(self.runs_dir, run_dirname(h.run_id))
+            by_file.setdefault(os.path.join(rdir, "log"), []).append((seq, payload))
+            key = (h.run_id, h.step_name)
+            index = None
+            if key not in self._seen:
+                if len(self._seen) >= MAX_SEEN_STEPS:
+                    self._seen.clear()
+                self._seen[key] = None
+                index = _encoder.encode(StepSeen(h.run_id, h.tag, h.step_name, time.time(),
+                                                 self.run_config))
+                by_file.setdefault(os.path.join(rdir, "index"), []).append((seq, index))
+            if type(h) is MarkHead:
+                by_file.setdefault(os.path.join(rdir, "index"), []).append((seq, payload))
+        for path, items in by_file.items():
+            records.write_all(self._fd(path), records.encode_many(items))
+            self._dirty.add(path)
+        if batch:
+            self.applied_seq = max(self.applied_seq, batch[-1][0])
+
+    def _fd(self, path: str) -> int:
+        fd = self._fds.get(path)
+        if fd is not None:
+            self._fds.move_to_end(path)
+            return fd
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if path not in self._checked:
+            good = records.valid_length(path)
+            if good < os.fstat(fd).st_size:
+                log.warning("runstore: truncated a torn tail of %s", path)
+                os.ftruncate(fd, good)
+            self._checked.add(path)
+        self._fds[path] = fd
+        while len(self._fds) > MAX_OPEN_FILES:
+            old, ofd = self._fds.popitem(last=False)
+            if old in self._dirty:
+                os.fsync(ofd)
+                self._dirty.discard(old)
+            os.close(ofd)
+        return fd
+
+    def checkpoint(self, force: bool = False) -> None:
+        """fsync the run files written since the last checkpoint, then record the seq."""
+        if self.applied_seq == self.durable_seq:
+            return
+        if not force and time.monotonic() - self._last_checkpoint < CHECKPOINT_INTERVAL:
+            return
+        for path in self._dirty:
+            fd = self._fds.get(path)
+            if fd is not None:
+                os.fsync(fd)
+        self._dirty.clear()
+        write_checkpoint(self.data_dir, self.applied_seq)
+        self.durable_seq = self.applied_seq
+        self._last_checkpoint = time.monotonic()
+
+    def close(self) -> None:
+        self.checkpoint(force=True)
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    # -- the consumer task ------------------------------------------------------------------
+
+    async def follow(self, journal: Journal) -> None:
+        """Apply the journal from the checkpoint on, for as long as the daemon runs."""
+        reader = Reader(journal.dir, self.applied_seq + 1, journal)
+        while True:
+            batch = await anyio.to_thread.run_sync(reader.read)
+            if batch:
+                await anyio.to_thread.run_sync(self._apply_and_checkpoint, batch)
+            else:
+                await anyio.to_thread.run_sync(self.checkpoint, True)
+                with anyio.move_on_after(CHECKPOINT_INTERVAL):
+                    await journal.wait_written(reader.next_seq - 1)
+
+    def _apply_and_checkpoint(self, batch: list[tuple[int, bytes]]) -> None:
+        self.apply(batch)
+        self.checkpoint()
+
+    def catch_up(self, journal: Journal) -> None:
+        """Apply everything journaled (blocking; at shutdown)."""
+        reader = Reader(journal.dir, self.applied_seq + 1, journal)
+        while batch := reader.read():
+            self.apply(batch)
+        self.checkpoint(force=True)

@@ -1,0 +1,69 @@
+"""Daemon settings, resolved as: command-line option > environment variable > default.
+
+Pure functions of (options, environ): nothing is read from the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from magnus import _paths
+
+from ._errors import SettingsError
+
+
+@dataclass(frozen=True)
+class Settings:
+    socket: str
+    data_dir: str
+    config: str
+    fsync_interval: float = 0.1
+    allowed_uids: frozenset[int] = field(default_factory=lambda: frozenset({os.getuid()}))
+    segment_bytes: int = 64 << 20
+    spool_dir: str = ""
+
+    @property
+    def journal_dir(self) -> str:
+        return os.path.join(self.data_dir, "journal")
+
+
+def _number(name: str, raw: str, kind: type[float] | type[int]) -> float:
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if value < 0:
+        raise SettingsError(f"{name}={raw!r} must not be negative")
+    return value
+
+
+def resolve(options: Mapping[str, object], environ: Mapping[str, str]) -> Settings:
+    def pick(opt: str, env: str) -> str | None:
+        v = options.get(opt)
+        if v is not None:
+            return str(v)
+        return environ.get(env) or None
+
+    env = {k: v for k, v in environ.items() if v}
+    sock = pick("socket", "MAGNUS_SOCKET") or _paths.socket_path(env)
+    data = pick("data_dir", "MAGNUS_DATA_DIR") or _paths.data_dir(env)
+    config = pick("config", "MAGNUS_CONFIG") or _paths.config_path(env)
+    fsync = pick("fsync_interval", "MAGNUS_FSYNC_INTERVAL")
+    seg = pick("segment_bytes", "MAGNUS_JOURNAL_SEGMENT_BYTES")
+    uids = pick("allow_uids", "MAGNUS_ALLOW_UIDS")
+    allowed = {os.getuid()}
+    if uids:
+        for part in uids.replace(",", " ").split():
+            allowed.add(int(_number("MAGNUS_ALLOW_UIDS", part, int)))
+    return Settings(
+        socket=os.path.abspath(sock),
+        data_dir=os.path.abspath(data),
+        config=os.path.abspath(config),
+        fsync_interval=0.1 if fsync is None else _number("fsync interval", fsync, float),
+        allowed_uids=frozenset(allowed),
+        spool_dir=os.path.abspath(environ.get("MAGNUS_SPOOL_DIR") or os.path.join(data, "spool")),
+        segment_bytes=64 << 20 if seg is None else max(int(_number("segment bytes", seg, int)),
+                                                       4096),
+    )

@@ -1,0 +1,72 @@
+"""Spool files: what SDK processes could not deliver, ingested like a client's stream.
+
+A spool file is the frames a client would have sent (no handshake). Each is validated and
+journaled through the same path as a connection (`Ingress.take`, with its duplicate check),
+fsynced, and only then deleted. A file that does not parse is moved to `bad/` with the reason
+logged; nothing in it is half-ingested silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import anyio
+from magnus import _protocol as proto
+
+from ._ingress import Ingress
+
+log = logging.getLogger("magnusd.spool")
+SUFFIX = ".spool"
+_SPOOL_HELLO = proto.Hello(proto.PROTOCOL_VERSION, "spool")
+
+
+def pending_files(directory: str) -> list[str]:
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    paths = [os.path.join(directory, n) for n in names if n.endswith(SUFFIX)]
+    return sorted(paths, key=lambda p: (os.stat(p).st_mtime if os.path.exists(p) else 0, p))
+
+
+async def ingest_file(path: str, ingress: Ingress) -> int:
+    """Journal one spool file and delete it once durable; return the events taken."""
+    try:
+        data = await anyio.Path(path).read_bytes()
+    except FileNotFoundError:
+        return 0
+    payloads, used, error = proto.split_frames(data, ingress.max_frame)
+    if not error and used != len(data):
+        error = f"truncated frame at byte {used}"
+    nrec, syncs, other, _, decode_error = ingress.take(payloads, _SPOOL_HELLO)
+    error = error or decode_error
+    await ingress.journal.wait_durable(ingress.journal.last_seq, urgent=True)
+    if error:
+        bad = os.path.join(os.path.dirname(path), "bad")
+        os.makedirs(bad, mode=0o700, exist_ok=True)
+        os.replace(path, os.path.join(bad, os.path.basename(path)))
+        log.error("spool file %s: %s; kept what came before it (%d events), moved the file to %s",
+                  path, error, nrec, bad)
+    else:
+        os.unlink(path)
+        log.info("ingested spool file %s: %d events", os.path.basename(path), nrec)
+    return nrec
+
+
+async def ingest_all(directory: str, ingress: Ingress) -> int:
+    total = 0
+    for path in pending_files(directory):
+        total += await ingest_file(path, ingress)
+    return total
+
+
+async def watch(directory: str, ingress: Ingress) -> None:
+    """Ingest spool files as they appear (SDK processes rename them into place)."""
+    import watchfiles
+
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    await ingest_all(directory, ingress)
+    async for _ in watchfiles.awatch(directory, watch_filter=lambda _c, p: p.endswith(SUFFIX),
+                                     debounce=200, step=50):
+        await ingest_all(directory, ingress)

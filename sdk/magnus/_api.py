@@ -1,0 +1,109 @@
+"""The public calls: `track_this`, `flush`, `step`, `get_experiment_tracker_context`."""
+
+from __future__ import annotations
+
+from . import _client
+from ._validate import INT_MAX, INT_MIN, check_step, check_value
+
+_buffer = _client.buffer
+_CLIENT = _client.CLIENT
+_MAX_BUFFER = _client.MAX_BUFFER
+_time = _client.time.time
+_SCALAR = frozenset({float, bool, type(None)})
+
+
+def track_this(step: int = 0, **metrics: Any) -> None:
+    """Record each keyword as a metric of the current run and step.
+
+    Values must be JSON-friendly; a bad value, key or step raises TypeError/ValueError here and
+    records nothing of the call. Never blocks on I/O: the daemon is reached by a background
+    thread.
+    """
+    if type(step) is not int or step < 0:
+        check_step(step)
+    for k, v in metrics.items():
+        if type(v) in _SCALAR:
+            if 0 < len(k) <= 250:
+                continue
+        elif type(v) is int and INT_MIN <= v <= INT_MAX and 0 < len(k) <= 250:
+            continue
+        metrics[k] = check_value(k, v)  # str, containers, errors
+    if _CLIENT.thread is None:
+        _CLIENT.start()
+    if len(_buffer) < _MAX_BUFFER:
+        _buffer.append((step, _time(), metrics))
+    else:
+        _CLIENT.dropped += 1
+
+
+def flush(timeout: float | None = 5.0) -> bool:
+    """Block until everything tracked before this call is durable; False on timeout.
+
+    Durable means journaled and fsynced by the daemon, or written to the local spool file when
+    the daemon cannot be reached.
+    """
+    return _CLIENT.flush(timeout)
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing and contextlib cost milliseconds: never on `import magnus`
+    from collections.abc import Callable
+    from types import TracebackType
+    from typing import Any, TypeVar
+
+    F = TypeVar("F", bound=Callable[..., Any])
+
+
+class step:
+    """Run a block (or a decorated function) as the named step of the current run.
+
+    Records the step's start and end; an exception escaping the block marks the step FAIL and
+    is re-raised, otherwise it is marked SUCCESS.
+    """
+
+    def __init__(self, name: str) -> None:
+        if type(name) is not str or not name:
+            raise ValueError("step name must be a non-empty str")
+        self.name = name
+        self._stack: list[tuple[_client.Ctx, _client.Ctx]] = []  # (outer, own) per entry
+
+    def __enter__(self) -> step:
+        c = _CLIENT
+        c.start()
+        outer = c.current()
+        ctx = _client.Ctx(outer.run_id, outer.tag, self.name, True)
+        self._stack.append((outer, ctx))
+        c.add_mark(_client.Mark("start", ctx, ctx))
+        return self
+
+    def __call__(self, fn: F) -> F:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return fn(*args, **kwargs)
+
+        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+            setattr(wrapper, attr, getattr(fn, attr, None))
+        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        c = _CLIENT
+        outer, ctx = self._stack.pop()
+        env = _client.env_metrics(_client.os.environ)
+        if env:
+            c.add_mark(_client.Mark("env", ctx, ctx, metrics=env))
+        c.add_mark(_client.Mark("end", ctx, outer, "FAIL" if et is not None else "SUCCESS"))
+
+
+class _NullContext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def get_experiment_tracker_context() -> _NullContext:
+    """The active tracker's own client, attached to this run; a null context without one."""
+    return _NullContext()

@@ -1,0 +1,143 @@
+"""The wire protocol shared by the SDK and the daemon.
+
+A stream of frames: a 4-byte big-endian length, then one msgpack-encoded message. Every message
+is a `msgspec.Struct` of one tagged union (array-like, so field names are not on the wire).
+Schema changes only append fields with defaults: an older peer ignores trailing fields.
+
+Client → daemon: `Hello` first, then `Batch`, `StepMark`, `Sync`, `StatusRequest`.
+Daemon → client: `Welcome`, `Ack` (after the journal fsync covering a `Sync`), `StatusReply`,
+and `Error` just before it closes a connection it refuses.
+
+The same framing is used by spool files and, with a CRC header, by the daemon's journal, so one
+decoder reads all three.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from ._limits import MAX_FRAME, MAX_KEY_LEN
+from ._limits import PROTOCOL_VERSION as PROTOCOL_VERSION
+
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LEN)]
+Step = Annotated[int, msgspec.Meta(ge=0)]
+# A metric value's top-level type; nested values are whatever msgpack holds except ext types.
+Value = None | bool | int | float | str | list[Any] | dict[str, Any]
+# One `track_this` call: (step, unix time, {key: value}).
+Record = tuple[Step, float, dict[Key, Value]]
+# Identity strings are file names in the run store and labels in trackers: keep them bounded.
+RunId = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Label = Annotated[str, msgspec.Meta(max_length=200)]
+
+
+class Hello(msgspec.Struct, tag="hello", array_like=True):
+    version: int
+    client_id: str
+    pid: int = 0
+
+
+class Welcome(msgspec.Struct, tag="welcome", array_like=True):
+    version: int
+    daemon_pid: int
+
+
+class Batch(msgspec.Struct, tag="batch", array_like=True):
+    """Metric records of one run and step; identity is carried once per batch.
+
+    `client_id` + `seq` identify the message so a resend after a broken connection (or a spool
+    file) is journaled once. `track=False` marks environment metrics (`MAGNUS_TRACK_*`): they go
+    to the run log only, never to trackers.
+    """
+
+    client_id: str
+    seq: int
+    run_id: RunId
+    tag: Label
+    step_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    records: list[Record]
+    track: bool = True
+
+
+class StepMark(msgspec.Struct, tag="mark", array_like=True):
+    """A step's start or end (`status` is SUCCESS or FAIL on `end`)."""
+
+    client_id: str
+    seq: int
+    run_id: RunId
+    tag: Label
+    step_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    kind: Literal["start", "end"]
+    ts: float
+    status: str = ""
+
+
+class Sync(msgspec.Struct, tag="sync", array_like=True):
+    """Ask for an `Ack` once everything sent before it is durable.
+
+    Not urgent: answered after the daemon's next scheduled fsync; urgent (`flush()`): now.
+    """
+
+    seq: int
+    urgent: bool = False
+
+
+class Ack(msgspec.Struct, tag="ack", array_like=True):
+    seq: int
+
+
+class StatusRequest(msgspec.Struct, tag="status", array_like=True):
+    pass
+
+
+class StatusReply(msgspec.Struct, tag="status_reply", array_like=True):
+    body: dict[str, Any]
+
+
+class Error(msgspec.Struct, tag="error", array_like=True):
+    message: str
+
+
+Message = Hello | Welcome | Batch | StepMark | Sync | Ack | StatusRequest | StatusReply | Error
+# Messages that change stored state: the only ones journaled and spooled.
+Journaled = Batch | StepMark
+
+def _no_ext(code: int, data: memoryview) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not allowed")
+
+
+encoder = msgspec.msgpack.Encoder()
+decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message, ext_hook=_no_ext)
+
+
+def frame(msg: msgspec.Struct) -> bytes:
+    payload = encoder.encode(msg)
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def split_frames(buf: bytearray | bytes, max_frame: int = MAX_FRAME
+                 ) -> tuple[list[bytes], int, str | None]:
+    """Cut every complete frame out of `buf`.
+
+    Returns the payloads, the bytes consumed, and an error message when a frame header breaks
+    the protocol (the frames before it are still returned).
+    """
+    out = []
+    pos = 0
+    end = len(buf)
+    error = None
+    with memoryview(buf) as view:
+        while end - pos >= 4:
+            n = int.from_bytes(view[pos : pos + 4], "big")
+            if n == 0:
+                error = "frame of length 0"
+                break
+            if n > max_frame:
+                error = f"frame of {n} bytes exceeds the maximum of {max_frame}"
+                break
+            if end - pos - 4 < n:
+                break
+            out.append(bytes(view[pos + 4 : pos + 4 + n]))
+            pos += 4 + n
+    return out, pos, error
