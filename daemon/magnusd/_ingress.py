@@ -101,6 +101,9 @@ class Ingress:
                 if self.dedup.admit(msg.client_id, msg.seq):
                     to_journal.append(p)
                     nrec += len(msg.records) if t is proto.Batch else 0
+            elif hello is None and t is not proto.Hello:
+                error = "the first message must be hello"
+                break
             elif t is proto.Sync:
                 syncs.append(msg)
             elif t is proto.Hello:

@@ -67,7 +67,7 @@ class Journal:
         if good < len(data):
             self.truncated_bytes = len(data) - good
             log.warning("journal: truncated a torn tail of %d bytes in %s", len(data) - good, path)
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.ftruncate(self.fd, good)
         os.fsync(self.fd)
         self.size = good
@@ -107,7 +107,8 @@ class Journal:
     def _rotate(self) -> None:
         first = self.last_seq + 1
         self._retired.append(self.fd)
-        self.fd = os.open(self.path(first), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.fd = os.open(self.path(first), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND,
+                          0o600)
         self.size = 0
         self.segments = (*self.segments, first)
         self.end = Position(first, 0)

@@ -179,6 +179,10 @@ class Daemon:
                 tg.start_soon(self._signals, tg.cancel_scope)
                 tg.start_soon(self.journal.sync_loop)
                 tg.start_soon(self.store.follow, self.journal)
+                # What clients spooled while no daemon ran is journaled before anyone is served.
+                n = await _spool.ingest_all(self.settings.spool_dir, self.ingress)
+                if n:
+                    log.info("ingested %d spooled event(s)", n)
                 tg.start_soon(_spool.watch, self.settings.spool_dir, self.ingress)
                 tg.start_soon(listener.serve, self.ingress.handle)
                 log.info("ready: listening on %s (data %s, pid %d)", self.settings.socket,

@@ -66,7 +66,7 @@ async def watch(directory: str, ingress: Ingress) -> None:
     import watchfiles
 
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    await ingest_all(directory, ingress)
+    await ingest_all(directory, ingress)  # files that appeared before the watch began
     async for _ in watchfiles.awatch(directory, watch_filter=lambda _c, p: p.endswith(SUFFIX),
                                      debounce=200, step=50):
         await ingest_all(directory, ingress)

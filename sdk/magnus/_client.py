@@ -21,6 +21,8 @@ import sys
 import threading
 import time
 
+from ._paths import socket_path, spool_dir
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing, socket and select cost milliseconds: never on `import magnus`
     import socket
@@ -113,6 +115,7 @@ class Client:
         self.spooled_files = 0
         self.uncaught = False
         self.last_error = ""
+        self.paths: tuple[str, str] | None = None  # (socket, spool directory), resolved once
 
     # -- identity -------------------------------------------------------------------------
 
@@ -167,10 +170,19 @@ class Client:
 
     # -- the flusher ------------------------------------------------------------------------
 
+    def warm(self) -> None:
+        """Do the flusher's imports and path look-ups (msgspec, platformdirs: slow)."""
+        import select  # noqa: F401
+        import socket  # noqa: F401
+
+        _proto()
+        if not self.paths:
+            self.paths = (socket_path(os.environ), spool_dir(os.environ))
+
     def _run(self) -> None:
         import select
 
-        _proto()  # msgspec is imported here, off the caller's path
+        self.warm()  # off the caller's path
         while True:
             rlist = [self.wake_r] if self.sock is None else [self.wake_r, self.sock]
             try:
@@ -288,10 +300,8 @@ class Client:
     def _connect(self) -> None:
         import socket
 
-        from ._paths import socket_path
-
         proto = _proto()
-        path = socket_path(os.environ)
+        path = self.paths[0]
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.settimeout(CONNECT_TIMEOUT)
@@ -406,8 +416,6 @@ class Client:
 
     def _spool(self) -> None:
         """Write every undelivered message to a spool file, then continue under a new id."""
-        from ._paths import spool_dir
-
         self._disconnect()
         # Under enc_lock no frame can be encoded with the old id after this snapshot.
         with self.enc_lock, self.lock:
@@ -417,7 +425,7 @@ class Client:
         if not todo:
             return
         data = b"".join(f for _, f, _ in todo)
-        directory = spool_dir(os.environ)
+        directory = self.paths[1]
         name = f"{old_id}-{todo[0][0]}"
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -447,7 +455,9 @@ class Client:
 
     def flush(self, timeout: float | None) -> bool:
         self.start()
-        self.add_mark(Mark("env", self.current(), self.current(), metrics=env_metrics(os.environ)))
+        env = env_metrics(os.environ)
+        if env:
+            self.add_mark(Mark("env", self.current(), self.current(), metrics=env))
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.enc_lock:
             self._encode_pending()
@@ -467,6 +477,8 @@ class Client:
         if self.thread is None:
             return
         status = "FAIL" if self.uncaught else "SUCCESS"
+        with self.enc_lock:
+            self._encode_pending()  # notes the implicit steps this process used
         cur = self.current()
         for run_id, step_name in sorted(self.implicit_started):
             ctx = Ctx(run_id, cur.tag, step_name, False)
@@ -493,6 +505,9 @@ class Client:
     def before_fork(self) -> None:
         if self.thread is not None:
             self.current()  # a generated run id must be in os.environ before the child exists
+            # Finish the flusher's lazy imports here: a child forked while another thread holds
+            # an import lock would deadlock on its first use of the module.
+            self.warm()
         mp = sys.modules.get("multiprocessing.util")
         if mp is not None and not self.mp_registered:
             self.mp_registered = True
@@ -506,7 +521,9 @@ class Client:
 
     def after_fork_child(self) -> None:
         sock, wake_r, wake_w, ctx, cur = self.sock, self.wake_r, self.wake_w, self.ctx, self.cur
+        paths = self.paths
         self._init_process_state()
+        self.paths = paths
         if sock is not None:
             try:
                 os.close(sock.detach())  # the parent's connection: close our fd, not the stream
@@ -530,10 +547,16 @@ class Client:
         mpu.Finalize(None, self.at_exit, exitpriority=100)
 
 
-def _proto() -> Any:
-    from . import _protocol
+_PROTO: Any = None
 
-    return _protocol
+
+def _proto() -> Any:
+    global _PROTO
+    if _PROTO is None:
+        from . import _protocol
+
+        _PROTO = _protocol
+    return _PROTO
 
 
 CLIENT = Client()

@@ -1,0 +1,232 @@
+"""Daemon ingest rate: events/s journaled and events/s in the run log, with 1, 4 and 8 client
+processes (design §11: >= 1,000,000 events/s, several clients).
+
+    .venv/bin/python benchmarks/ingest.py [--events 1000000] [--clients 1,4,8] [--profile | --profile-wall] [--keep]
+
+For each client count a fresh private `magnusd serve` is started, and N client processes
+(benchmarks/_ingest_client.py, each with its own MAGNUS_RUN_ID) warm up, then are released
+together; each sends events/N `track_this(loss=..., step=i)` calls as fast as it can and calls
+flush(). Measured from the first event of any client:
+
+- journal: until the last client's flush() returned (everything journaled and fsynced);
+- run log: until `magnusd status` (polled every 10 ms) shows runlog.applied_seq ==
+  journal.last_seq and events_total has grown by the events sent.
+
+Afterwards every run's step log (`magnusd show RUN_ID --json`) must hold all its values.
+
+--profile runs each daemon under cProfile, all threads merged, each thread's CPU time
+(benchmarks/_profiled_serve.py; --profile-wall: wall-clock time, idle waits included), and
+after its SIGTERM stop prints the top 25 functions by cumulative and by total time; the .prof
+files are kept in benchmarks/out/ (open with `python -m pstats FILE`). Profiling slows the
+daemon: its rates are then not the daemon's real rates.
+
+Results: a markdown table on stdout and in benchmarks/out/ingest.md (with --profile:
+benchmarks/out/ingest-profiled.md and the profiles in benchmarks/out/ingest_profile.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pstats
+import subprocess
+import sys
+import time
+from typing import Any
+
+import _common as C
+
+CLIENT = str(C.HERE / "_ingest_client.py")
+PROFILED_SERVE = str(C.HERE / "_profiled_serve.py")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def one(nclients: int, total: int, profile: str, keep: bool) -> dict[str, Any]:
+    per = total // nclients
+    total = per * nclients
+    root = C.short_tmpdir("mbi")
+    prof_path = str(C.OUT_DIR / f"ingest-{nclients}c.prof")
+    cmd = None
+    if profile:
+        cmd = [C.PY, PROFILED_SERVE, *(["--wall"] if profile == "wall" else []), prof_path]
+    if profile:
+        C.OUT_DIR.mkdir(exist_ok=True)
+    d = C.Daemon(root, spool_dir=str(root / "spool"), command=cmd)
+    tag = os.urandom(2).hex()
+    run_ids = [f"bench-ingest-{tag}-{nclients}c-{k}" for k in range(nclients)]
+    procs: list[subprocess.Popen[str]] = []
+    res: dict[str, Any] = {"clients": nclients, "events": total}
+    try:
+        d.start()
+        assert d.proc is not None
+        for rid in run_ids:
+            env = C.clean_env(MAGNUS_SOCKET=d.sock, MAGNUS_DATA_DIR=d.data,
+                              MAGNUS_CONFIG=d.config, MAGNUS_RUN_ID=rid,
+                              MAGNUS_SPOOL_DIR=str(root / "cspool"))
+            procs.append(subprocess.Popen([C.PY, CLIENT, str(per)], env=env, text=True,
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE))
+        for p in procs:
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            if line.strip() != "ready":
+                raise RuntimeError(f"client not ready: {line!r} {p.stderr.read() if p.stderr else ''}")
+        base = d.status()
+        cpu0 = cpu_seconds(d.proc.pid)
+        t_release = time.monotonic()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        t_applied, st = d.wait_applied(base["events_total"] + total, timeout=300, every=0.01)
+        cpu1 = cpu_seconds(d.proc.pid)
+        outs = []
+        for p in procs:
+            out, err = p.communicate(timeout=300)
+            if p.returncode != 0:
+                raise RuntimeError(f"client exited {p.returncode}: {err}")
+            outs.append(json.loads(out.strip().splitlines()[-1]))
+            if err.strip():
+                res.setdefault("client_stderr", []).append(err.strip()[:300])
+        t_first = min(o["t_first"] for o in outs)
+        t_flushed = max(o["t_flushed"] for o in outs)
+        res.update(
+            release_to_first_s=t_first - t_release,
+            journal_s=t_flushed - t_first,
+            runlog_s=t_applied - t_first,
+            client_loop_s=max(o["t_loop"] - o["t_first"] for o in outs),
+            flush_ok=all(o["flush_ok"] for o in outs),
+            events_total=st["events_total"] - base["events_total"],
+            messages=st["messages_total"] - base["messages_total"],
+            journal_bytes=st["journal"]["bytes"] - base["journal"]["bytes"],
+            duplicates_skipped=st.get("duplicates_skipped"),
+            daemon_cpu_s=cpu1 - cpu0,
+            rss_kb=d.rss_kb(),
+        )
+        res["journal_eps"] = total / res["journal_s"]
+        res["runlog_eps"] = total / res["runlog_s"]
+        # Nothing lost: every run's step log holds loss, loss_1 .. loss_{per-1}.
+        lost, missing = 0, []
+        t0 = time.monotonic()
+        for rid in run_ids:
+            found, miss = C.metric_keys_ok(d.show(rid), "main", "loss", range(per))
+            lost += per - found
+            missing += miss[:2]
+        res.update(lost=lost, missing=missing[:5], show_s=time.monotonic() - t0)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()  # our own child, by pid
+                p.wait()
+        res["daemon_exit"] = d.stop(timeout=120)
+        res["stop_s"] = d.stop_s
+        res["daemon_log_problems"] = d.log_problems()
+        C.remove_tree(root, keep)
+    if profile:
+        res["profile"] = profile_text(prof_path)
+        res["profile_path"] = prof_path
+    return res
+
+
+def profile_text(path: str, top: int = 25) -> str:
+    if not os.path.exists(path):
+        return f"(no profile written at {path})"
+    parts = []
+    for key, title in (("cumulative", "cumulative time"), ("tottime", "total (own) time")):
+        buf = io.StringIO()
+        st = pstats.Stats(path, stream=buf)
+        st.strip_dirs().sort_stats(key).print_stats(top)
+        body = buf.getvalue()
+        body = body[body.find("   ncalls"):] if "   ncalls" in body else body
+        parts.append(f"top {top} by {title}:\n\n```\n{body.rstrip()}\n```")
+    return "\n\n".join(parts)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=1_000_000, help="events per configuration")
+    ap.add_argument("--clients", default="1,4,8", help="comma-separated client counts")
+    ap.add_argument("--profile", action="store_const", const="cpu", default="",
+                    help="run the daemon under cProfile (per-thread CPU time)")
+    ap.add_argument("--profile-wall", dest="profile", action="store_const", const="wall",
+                    help="like --profile, wall-clock time (idle waits included)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dirs (daemon logs)")
+    args = ap.parse_args()
+    C.check_python()
+    t_start = time.monotonic()
+    results = []
+    for n in (int(x) for x in args.clients.split(",")):
+        print(f"{n} client(s), {args.events:,} events{' (profiled)' if args.profile else ''} ...",
+              file=sys.stderr)
+        results.append(one(n, args.events, args.profile, args.keep))
+
+    rows = []
+    for r in results:
+        rows.append([r["clients"], f"{r['events']:,}", f"{r['journal_s']:.2f}",
+                     f"**{r['journal_eps']:,.0f}**", f"{r['runlog_s']:.2f}",
+                     f"**{r['runlog_eps']:,.0f}**", f"{r['client_loop_s']:.2f}",
+                     f"{r['daemon_cpu_s']:.2f}", f"{r['events'] / r['daemon_cpu_s']:,.0f}",
+                     f"{r['events_total']:,}", r["messages"],
+                     f"{r['rss_kb'][0] / 1024:.0f} / {r['rss_kb'][1] / 1024:.0f}",
+                     r["lost"], "OK" if r["lost"] == 0 and r["flush_ok"] else "FAIL"])
+    out = [f"# daemon ingest rate\n\n{C.machine_line()}; "
+           f"`{' '.join(sys.argv[1:]) or '(defaults)'}`"
+           + (" — **daemon under cProfile: rates are not representative**" if args.profile
+              else "")
+           + "\n\nFrom the first event to: every client's flush() returned (journal), "
+           "`status` shows runlog.applied_seq == journal.last_seq with all events counted "
+           "(run log). Target ≥ 1,000,000 events/s. When the slowest client's loop takes about "
+           "as long as the journal time, the clients (sharing 2 CPUs with the daemon), not the "
+           "daemon, set the rate; 'events per daemon CPU s' is then the daemon's own capacity "
+           "(daemon CPU counted from release to run log caught up).\n"]
+    out.append(C.table(["clients", "events", "journal s", "journal events/s", "run log s",
+                        "run log events/s", "slowest client loop s", "daemon CPU s",
+                        "events per daemon CPU s",
+                        "events_total Δ", "messages", "daemon RSS / peak MB", "lost",
+                        "check"], rows))
+    notes = []
+    for r in results:
+        pre = f"{r['clients']} client(s)"
+        if r["daemon_log_problems"]:
+            notes.append(f"{pre}: daemon log: " + " / ".join(r["daemon_log_problems"][:5]))
+        if r.get("client_stderr"):
+            notes.append(f"{pre}: client stderr: " + " / ".join(r["client_stderr"][:3]))
+        if r["daemon_exit"] != 0:
+            notes.append(f"{pre}: daemon exited {r['daemon_exit']} on SIGTERM")
+        if r["missing"]:
+            notes.append(f"{pre}: missing e.g. {r['missing']}")
+        if not r["flush_ok"]:
+            notes.append(f"{pre}: a client's flush() returned False")
+        notes.append(f"{pre}: journal {r['journal_bytes'] / r['events']:.1f} bytes/event; "
+                     f"release→first event {r['release_to_first_s'] * 1000:.0f} ms; "
+                     f"`show` of all runs {r['show_s']:.1f} s; duplicates skipped "
+                     f"{r['duplicates_skipped']}; SIGTERM→daemon exit {r['stop_s']:.1f} s")
+    if notes:
+        out.append("\nNotes:\n" + "\n".join(f"- {x}" for x in notes))
+    out.append(f"\nTotal benchmark time {time.monotonic() - t_start:.0f} s.")
+    text = "\n".join(out) + "\n"
+    print(text)
+    path = C.write_report("ingest-profiled" if args.profile else "ingest", text)
+    print(f"(written to {path})", file=sys.stderr)
+    if args.profile:
+        ptext = "\n\n".join(f"## daemon profile ({args.profile} time), {r['clients']} client(s) "
+                            f"({r['profile_path']})\n\n{r['profile']}" for r in results)
+        print(ptext)
+        ppath = C.write_report("ingest_profile", "# daemon profiles\n\n" + ptext)
+        print(f"(profiles written to {ppath})", file=sys.stderr)
+    return 0 if all(r["lost"] == 0 and r["flush_ok"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
