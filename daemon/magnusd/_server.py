@@ -92,6 +92,7 @@ class Daemon:
         self.config_loaded_at: float | None = None
         self.config: _config.Config = _config.Config()
         self.store: RunStore | None = None
+        self.stopping = anyio.Event()  # set first thing on shutdown (file watchers poll it)
 
     # -- status -----------------------------------------------------------------------------
 
@@ -183,7 +184,7 @@ class Daemon:
                 n = await _spool.ingest_all(self.settings.spool_dir, self.ingress)
                 if n:
                     log.info("ingested %d spooled event(s)", n)
-                tg.start_soon(_spool.watch, self.settings.spool_dir, self.ingress)
+                tg.start_soon(_spool.watch, self.settings.spool_dir, self.ingress, self.stopping)
                 tg.start_soon(listener.serve, self.ingress.handle)
                 log.info("ready: listening on %s (data %s, pid %d)", self.settings.socket,
                          self.settings.data_dir, os.getpid())
@@ -200,6 +201,7 @@ class Daemon:
                     self._load_config()
                     continue
                 log.info("%s: shutting down", signal.Signals(sig).name)
+                self.stopping.set()
                 scope.cancel()
                 return
 

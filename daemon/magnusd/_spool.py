@@ -61,12 +61,15 @@ async def ingest_all(directory: str, ingress: Ingress) -> int:
     return total
 
 
-async def watch(directory: str, ingress: Ingress) -> None:
-    """Ingest spool files as they appear (SDK processes rename them into place)."""
+async def watch(directory: str, ingress: Ingress, stop: anyio.Event) -> None:
+    """Ingest spool files as they appear (SDK processes rename them into place).
+
+    `stop` must be set before this task is cancelled: watchfiles' thread only notices it.
+    """
     import watchfiles
 
     os.makedirs(directory, mode=0o700, exist_ok=True)
     await ingest_all(directory, ingress)  # files that appeared before the watch began
     async for _ in watchfiles.awatch(directory, watch_filter=lambda _c, p: p.endswith(SUFFIX),
-                                     debounce=200, step=50):
+                                     debounce=200, step=50, stop_event=stop, rust_timeout=1000):
         await ingest_all(directory, ingress)
