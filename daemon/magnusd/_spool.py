@@ -18,6 +18,7 @@ from ._ingress import Ingress
 
 log = logging.getLogger("magnusd.spool")
 SUFFIX = ".spool"
+SLICE_BYTES = 1 << 20
 _SPOOL_HELLO = proto.Hello(proto.PROTOCOL_VERSION, "spool")
 
 
@@ -39,7 +40,17 @@ async def ingest_file(path: str, ingress: Ingress) -> int:
     payloads, used, error = proto.split_frames(data, ingress.max_frame)
     if not error and used != len(data):
         error = f"truncated frame at byte {used}"
-    nrec, syncs, other, _, decode_error = ingress.take(payloads, _SPOOL_HELLO)
+    # In slices of about 1 MiB, so a large spool file never becomes a large heap.
+    nrec, decode_error, i = 0, None, 0
+    while i < len(payloads) and decode_error is None:
+        j, size = i, 0
+        while j < len(payloads) and (j == i or size < SLICE_BYTES):
+            size += len(payloads[j])
+            j += 1
+        n, _, _, _, decode_error = ingress.take(payloads[i:j], _SPOOL_HELLO)
+        nrec += n
+        i = j
+    del payloads
     error = error or decode_error
     await ingress.journal.wait_durable(ingress.journal.last_seq, urgent=True)
     if error:
