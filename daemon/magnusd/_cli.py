@@ -86,7 +86,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(args)
-    anyio.run(Daemon(settings, dict(os.environ)).run)
+    async def serve() -> None:  # anyio primitives must be made inside the event loop
+        await Daemon(settings, dict(os.environ)).run()
+
+    anyio.run(serve)
     return 0
 
 
@@ -186,13 +189,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     path = args.path or _settings(args).config
     if not os.path.exists(path):
         raise MagnusdError(f"{path}: no such file")
+    from ._trackers import validate
+
     try:
         cfg = _config.load(path, os.environ)
+        problems = [r.error for r in validate(cfg) if r.error]
     except _config.ConfigError as e:
-        for p in e.problems:
-            print(f"{path}: {p}", file=sys.stderr)
+        problems = e.problems
+    for p in problems:
+        print(f"{path}: {p}", file=sys.stderr)
+    if problems:
         return 1
-    print(f"{path}: valid, {len(cfg.trackers)} tracker(s)")
+    names = ", ".join(f"{t.key} ({t.type})" for t in cfg.trackers) or "none"
+    print(f"{path}: valid; trackers: {names}")
     return 0
 
 

@@ -7,7 +7,6 @@ trackers.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -107,13 +106,26 @@ def load(path: str, environ: Mapping[str, str]) -> Config:
     return parse(text, path, environ)
 
 
+def raw_definitions(text: str) -> list[dict[str, Any]]:
+    """Tracker definitions as written, `${name}` unexpanded (secrets stay out of run logs)."""
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        return []
+    t = raw.get("experiment_tracker") if isinstance(raw, dict) else None
+    items = [] if t is None else t if isinstance(t, list) else [t]
+    out = []
+    for d in items:
+        if isinstance(d, dict):
+            d = dict(d)
+            d.setdefault("name", d.get("type"))
+            out.append(d)
+    return out
+
+
 def read_text(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except (FileNotFoundError, IsADirectoryError):
         return None
-
-
-def environ_snapshot() -> dict[str, str]:
-    return dict(os.environ)

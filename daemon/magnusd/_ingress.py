@@ -16,7 +16,7 @@ import logging
 import math
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -64,11 +64,14 @@ class Refused(Exception):
 
 class Ingress:
     def __init__(self, journal: Journal, dedup: Dedup, allowed_uids: set[int],
-                 status: Callable[[], dict[str, Any]], max_frame: int = proto.MAX_FRAME) -> None:
+                 status: Callable[[], dict[str, Any]],
+                 context: Callable[[proto.ContextRequest], Awaitable[proto.ContextReply]],
+                 max_frame: int = proto.MAX_FRAME) -> None:
         self.journal = journal
         self.dedup = dedup
         self.allowed_uids = allowed_uids
         self.status = status
+        self.context = context
         self.max_frame = max_frame
         self.clients = 0
         self.events_total = 0
@@ -83,6 +86,7 @@ class Ingress:
         are ignored; those before it are journaled.
         """
         to_journal = []
+        counts = []
         syncs: list[proto.Sync] = []
         other: list[Any] = []
         nrec = 0
@@ -100,7 +104,9 @@ class Ingress:
                     break
                 if self.dedup.admit(msg.client_id, msg.seq):
                     to_journal.append(p)
-                    nrec += len(msg.records) if t is proto.Batch else 0
+                    n = len(msg.records) if t is proto.Batch and msg.track else 0
+                    counts.append(n)
+                    nrec += n
             elif hello is None and t is not proto.Hello:
                 error = "the first message must be hello"
                 break
@@ -116,13 +122,13 @@ class Ingress:
                     break
                 hello = msg
                 other.append(msg)
-            elif t is proto.StatusRequest:
+            elif t is proto.StatusRequest or t is proto.ContextRequest:
                 other.append(msg)
             else:
                 error = f"unexpected {t.__name__} message from a client"
                 break
         if to_journal:
-            self.journal.append(to_journal)
+            self.journal.append(to_journal, counts)
             self.events_total += nrec
             self.messages_total += len(to_journal)
         return nrec, syncs, other, hello, error
@@ -172,6 +178,8 @@ class Ingress:
             for msg in other:
                 if type(msg) is proto.StatusRequest:
                     out.send_nowait(("msg", proto.frame(proto.StatusReply(self.status()))))
+                elif type(msg) is proto.ContextRequest:
+                    out.send_nowait(("msg", proto.frame(await self.context(msg))))
             last = self.journal.last_seq
             for s in syncs:
                 out.send_nowait(("ack", s.seq, last, s.urgent))

@@ -40,6 +40,7 @@ class Journal:
         self.fd = -1
         self.size = 0
         self.last_seq = 0  # last seq written
+        self.events = 0  # tracker events journaled, ever (the last record's mark)
         self.durable_seq = 0  # last seq fsynced
         self.end = Position(1, 0)
         self.truncated_bytes = 0
@@ -61,9 +62,11 @@ class Journal:
         first = self.segments[-1]
         path = self.path(first)
         data = records.read_file(path)
-        good, last = 0, first - 1
-        for good, last, _ in records.scan(data):
+        good, last, events = 0, first - 1, 0
+        for good, last, events, _ in records.scan(data):
             pass
+        if good == 0 and len(self.segments) > 1:
+            events = self._events_at_end_of(self.segments[-2])
         if good < len(data):
             self.truncated_bytes = len(data) - good
             log.warning("journal: truncated a torn tail of %d bytes in %s", len(data) - good, path)
@@ -72,7 +75,14 @@ class Journal:
         os.fsync(self.fd)
         self.size = good
         self.last_seq = self.durable_seq = last
+        self.events = events
         self.end = Position(first, good)
+
+    def _events_at_end_of(self, first_seq: int) -> int:
+        events = 0
+        for _, _, events, _ in records.scan(records.read_file(self.path(first_seq))):
+            pass
+        return events
 
     def close(self) -> None:
         for fd in self._retired:
@@ -87,17 +97,24 @@ class Journal:
 
     # -- writing (event loop only) ----------------------------------------------------------
 
-    def append(self, payloads: list[bytes]) -> int:
-        """Append one record per payload in one write; return the last seq."""
+    def append(self, payloads: list[bytes], events: list[int]) -> int:
+        """Append one record per payload in one write; return the last seq.
+
+        `events[i]` is how many tracker events payload i carries (its records, 0 for marks).
+        """
         seq = self.last_seq
+        total = self.events
         parts = []
-        for p in payloads:
+        encode = records.encode
+        for p, n in zip(payloads, events, strict=True):
             seq += 1
-            parts.append(records.encode(seq, p))
+            total += n
+            parts.append(encode(seq, p, total))
         data = b"".join(parts)
         records.write_all(self.fd, data)
         self.size += len(data)
         self.last_seq = seq
+        self.events = total
         self.end = Position(self.end.segment, self.size)
         self._written.set()
         if self.size >= self.segment_bytes:
@@ -149,11 +166,21 @@ class Journal:
 
     # -- retention --------------------------------------------------------------------------
 
-    def retain(self, min_cursor: int) -> int:
-        """Delete segments whose every record is <= min_cursor; return how many."""
+    def retain(self, min_cursor: int, max_bytes: int = 0, keep_after: int = 0) -> int:
+        """Delete segments whose every record is <= min_cursor; return how many.
+
+        With `max_bytes`, also delete the oldest segments (never the active one, never one with
+        records after `keep_after`) until the journal fits: the disk cap.
+        """
         segs = self.segments
         removed = 0
-        while len(segs) > 1 and segs[1] - 1 <= min_cursor:
+        over = self.disk_bytes() - max_bytes if max_bytes else 0
+        while len(segs) > 1 and (segs[1] - 1 <= min_cursor
+                                 or (over > 0 and segs[1] - 1 <= keep_after)):
+            try:
+                over -= os.stat(self.path(segs[0])).st_size
+            except FileNotFoundError:
+                pass
             try:
                 os.unlink(self.path(segs[0]))
             except FileNotFoundError:
@@ -208,9 +235,9 @@ class Reader:
     def _segments(self) -> tuple[int, ...]:
         return self.journal.segments if self.journal else tuple(list_segments(self.dir))
 
-    def read(self, max_bytes: int = 8 << 20) -> list[tuple[int, bytes]]:
-        """Records from next_seq on, up to about max_bytes of payload; [] when caught up."""
-        out: list[tuple[int, bytes]] = []
+    def read(self, max_bytes: int = 8 << 20) -> list[tuple[int, int, bytes]]:
+        """(seq, mark, payload) from next_seq on, up to about max_bytes; [] when caught up."""
+        out: list[tuple[int, int, bytes]] = []
         got = 0
         while got < max_bytes:
             later = next((s for s in self._segments() if s > self.segment), None)
@@ -226,9 +253,9 @@ class Reader:
             want = min(limit, self.offset + max(max_bytes - got, 2 << 20))
             data = records.read_file(path, self.offset, want) if want > self.offset else b""
             used = 0
-            for used, seq, payload in records.scan(data):
+            for used, seq, mark, payload in records.scan(data):
                 if seq >= self.next_seq:
-                    out.append((seq, payload))
+                    out.append((seq, mark, payload))
                     got += len(payload)
                     self.next_seq = seq + 1
             self.offset += used

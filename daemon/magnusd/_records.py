@@ -1,7 +1,9 @@
 """CRC-framed records: the on-disk format of journal segments and run-log files.
 
-A record is a 16-byte header — payload length (u32), CRC-32 of seq + payload (u32), journal
-sequence number (u64), all big-endian — followed by the payload (one msgpack message). A reader
+A record is a 24-byte header — payload length (u32), CRC-32 of seq + mark + payload (u32),
+journal sequence number (u64), mark (u64), all big-endian — followed by the payload (one msgpack
+message). In the journal the mark is the cumulative count of tracker events up to and including
+the record, so "events between two cursors" is a subtraction. A reader
 stops at the first record that is incomplete or fails its CRC: that is a torn tail, and the
 writer truncates it on recovery.
 """
@@ -13,37 +15,38 @@ import struct
 import zlib
 from collections.abc import Iterator
 
-HEADER = struct.Struct(">IIQ")
+HEADER = struct.Struct(">IIQQ")
 HEADER_SIZE = HEADER.size
-_SEQ = struct.Struct(">Q")
+_SEQ = struct.Struct(">QQ")
 MAX_PAYLOAD = 64 << 20  # anything claiming more is corruption
 
 
-def encode(seq: int, payload: bytes) -> bytes:
-    crc = zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq)))
-    return HEADER.pack(len(payload), crc, seq) + payload
+def encode(seq: int, payload: bytes, mark: int = 0) -> bytes:
+    crc = zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq, mark)))
+    return HEADER.pack(len(payload), crc, seq, mark) + payload
 
 
 def encode_many(items: list[tuple[int, bytes]]) -> bytes:
     return b"".join([encode(seq, p) for seq, p in items])
 
 
-def scan(data: bytes | memoryview, start: int = 0) -> Iterator[tuple[int, int, bytes]]:
-    """Yield (end offset, seq, payload) for each valid record from `start`; stop at the first bad."""
+def scan(data: bytes | memoryview, start: int = 0) -> Iterator[tuple[int, int, int, bytes]]:
+    """Yield (end offset, seq, mark, payload) per valid record from `start`; stop at the first bad.
+    """
     pos = start
     end = len(data)
     unpack = HEADER.unpack_from
     crc32 = zlib.crc32
     pack_seq = _SEQ.pack
     while end - pos >= HEADER_SIZE:
-        n, crc, seq = unpack(data, pos)
+        n, crc, seq, mark = unpack(data, pos)
         stop = pos + HEADER_SIZE + n
         if n > MAX_PAYLOAD or stop > end:
             return
         payload = bytes(data[pos + HEADER_SIZE : stop])
-        if crc32(payload, crc32(pack_seq(seq))) != crc:
+        if crc32(payload, crc32(pack_seq(seq, mark))) != crc:
             return
-        yield stop, seq, payload
+        yield stop, seq, mark, payload
         pos = stop
 
 
@@ -72,7 +75,7 @@ def valid_length(path: str) -> int:
     """Length of the valid prefix of a record file (the offset to truncate a torn tail to)."""
     data = read_file(path)
     good = 0
-    for good, _, _ in scan(data):
+    for good, _, _, _ in scan(data):
         pass
     return good
 

@@ -39,7 +39,7 @@ def _journal_tail(data_dir: str, run_id: str | None) -> list[tuple[int, bytes]]:
     reader = Reader(os.path.join(data_dir, "journal"), read_checkpoint(data_dir) + 1)
     out = []
     while batch := reader.read():
-        for seq, payload in batch:
+        for seq, _, payload in batch:
             if run_id is None or head_decoder.decode(payload).run_id == run_id:
                 out.append((seq, payload))
     return out
@@ -120,7 +120,7 @@ def _fold_file_then_tail(fold: _Fold, stored: list[tuple[int, bytes]],
 
 
 def _stored(path: str) -> list[tuple[int, bytes]]:
-    return [(seq, p) for _, seq, p in records.scan(records.read_file(path))]
+    return [(seq, p) for _, seq, _, p in records.scan(records.read_file(path))]
 
 
 def load_run(data_dir: str, run_id: str) -> dict[str, Any] | None:

@@ -120,9 +120,9 @@ class RunStore:
 
     # -- applying ---------------------------------------------------------------------------
 
-    def apply(self, batch: list[tuple[int, bytes]]) -> None:
+    def apply(self, batch: list[tuple[int, int, bytes]]) -> None:
         by_file: dict[str, list[tuple[int, bytes]]] = {}
-        for seq, payload in batch:
+        for seq, _, payload in batch:
             if seq <= self.applied_seq:
                 continue
             try:
@@ -206,7 +206,7 @@ class RunStore:
                 with anyio.move_on_after(CHECKPOINT_INTERVAL):
                     await journal.wait_written(reader.next_seq - 1)
 
-    def _apply_and_checkpoint(self, batch: list[tuple[int, bytes]]) -> None:
+    def _apply_and_checkpoint(self, batch: list[tuple[int, int, bytes]]) -> None:
         self.apply(batch)
         self.checkpoint()
 

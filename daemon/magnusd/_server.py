@@ -19,15 +19,21 @@ from typing import Any
 import anyio
 from anyio.abc import SocketListener
 
-from . import _config, _spool
+from magnus import _protocol as proto
+
+from . import _spool
 from ._errors import AlreadyRunning, SettingsError
 from ._ingress import Dedup, Ingress
 from ._journal import Journal, Reader
 from ._runstore import RunStore
 from ._settings import Settings
+from ._tracker import RunInfo
+from ._trackers import Trackers
 
 log = logging.getLogger("magnusd")
 SHUTDOWN_CATCH_UP_S = 20.0
+SHUTDOWN_DRAIN_S = 10.0  # trackers' share of the stop (systemd's TimeoutStopSec covers both)
+RETENTION_EVERY_S = 5.0
 
 
 def _lock(path: str, what: str) -> int:
@@ -87,12 +93,14 @@ class Daemon:
         self.journal = Journal(settings.journal_dir, settings.segment_bytes,
                                settings.fsync_interval)
         self.dedup = Dedup()
-        self.ingress = Ingress(self.journal, self.dedup, set(settings.allowed_uids), self.status)
-        self.config_error: str | None = None
-        self.config_loaded_at: float | None = None
-        self.config: _config.Config = _config.Config()
+        self.ingress = Ingress(self.journal, self.dedup, set(settings.allowed_uids), self.status,
+                               self.context)
+        self.trackers = Trackers(self.journal, settings.data_dir, settings.config, environ)
         self.store: RunStore | None = None
+        self.cap_hit = False
+        self.cap_deleted_segments = 0
         self.stopping = anyio.Event()  # set first thing on shutdown (file watchers poll it)
+        self.serving = anyio.CancelScope()  # the listener and its connections
 
     # -- status -----------------------------------------------------------------------------
 
@@ -104,14 +112,16 @@ class Daemon:
             "uptime_s": round(time.time() - self.started, 3),
             "events_total": self.ingress.events_total,
             "clients": self.ingress.clients,
-            "config": {"path": s.config, "loaded_at": self.config_loaded_at,
-                       "error": self.config_error},
-            "trackers": [],
+            "config": {"path": s.config, "loaded_at": self.trackers.loaded_at,
+                       "error": self.trackers.error},
+            "trackers": self.trackers.status(),
             "socket": s.socket,
             "data_dir": s.data_dir,
             "journal": {"last_seq": self.journal.last_seq, "durable_seq": self.journal.durable_seq,
                         "segments": len(self.journal.segments),
-                        "bytes": self.journal.disk_bytes()},
+                        "bytes": self.journal.disk_bytes(), "max_bytes": s.journal_max_bytes,
+                        "cap_hit": self.cap_hit,
+                        "cap_deleted_segments": self.cap_deleted_segments},
             "runlog": {"applied_seq": store.applied_seq if store else 0,
                        "checkpoint_seq": store.durable_seq if store else 0},
             "messages_total": self.ingress.messages_total,
@@ -121,30 +131,31 @@ class Daemon:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def _load_config(self) -> None:
-        try:
-            self.config = _config.load(self.settings.config, self.environ)
-            self.config_error = None
-            self.config_loaded_at = time.time()
-            log.info("config %s loaded: %d tracker(s)", self.settings.config,
-                     len(self.config.trackers))
-        except _config.ConfigError as e:
-            self.config_error = str(e)
-            log.error("config not loaded: %s", e)
+    async def context(self, req: proto.ContextRequest) -> proto.ContextReply:
+        """The first usable tracker, for a client's get_experiment_tracker_context()."""
+        for r in self.trackers.runners.values():
+            if r.tracker is None:
+                continue
+            run = RunInfo(req.run_id, req.tag, req.step_name)
+            try:
+                state = await anyio.to_thread.run_sync(r.tracker.context_state, run)
+            except Exception as e:
+                log.warning("tracker %r: context_state failed: %s", r.name, e)
+                state = {}
+            return proto.ContextReply(r.defn.type, r.name, r.defn.config, state)
+        return proto.ContextReply("")
 
     def _recover(self) -> None:
         t0 = time.monotonic()
         self.journal.open()
-        self.store = RunStore(self.settings.data_dir,
-                              {"experiment_tracker": [t.to_builtins()
-                                                      for t in self.config.trackers]})
+        self.store = RunStore(self.settings.data_dir)
         # Rebuild the duplicate check from what clients may still resend: the records after the
         # run-store checkpoint, and at least the last segment.
         start = min(self.store.applied_seq + 1, self.journal.segments[-1])
         reader = Reader(self.journal.dir, start, self.journal)
         n = 0
         while batch := reader.read():
-            for _, payload in batch:
+            for _, _, payload in batch:
                 self.dedup.note(payload)
             n += len(batch)
         log.info("journal recovered in %.2f s: last seq %d, %d record(s) after the run-log "
@@ -158,7 +169,6 @@ class Daemon:
         try:
             _private_dir(os.path.dirname(s.socket))
             lock_fds.append(_lock(s.socket + ".lock", f"the socket {s.socket}"))
-            self._load_config()
             self._recover()
             sock = _bind(s.socket)
             try:
@@ -180,12 +190,18 @@ class Daemon:
                 tg.start_soon(self._signals, tg.cancel_scope)
                 tg.start_soon(self.journal.sync_loop)
                 tg.start_soon(self.store.follow, self.journal)
+                store = self.store
+                self.trackers.on_change.append(
+                    lambda defs: setattr(store, "run_config", {"experiment_tracker": defs}))
+                await tg.start(self.trackers.serve)
+                tg.start_soon(self.trackers.watch, self.stopping)
+                tg.start_soon(self._retention)
                 # What clients spooled while no daemon ran is journaled before anyone is served.
                 n = await _spool.ingest_all(self.settings.spool_dir, self.ingress)
                 if n:
                     log.info("ingested %d spooled event(s)", n)
                 tg.start_soon(_spool.watch, self.settings.spool_dir, self.ingress, self.stopping)
-                tg.start_soon(listener.serve, self.ingress.handle)
+                tg.start_soon(self._listen, listener)
                 log.info("ready: listening on %s (data %s, pid %d)", self.settings.socket,
                          self.settings.data_dir, os.getpid())
         finally:
@@ -193,17 +209,42 @@ class Daemon:
                 await listener.aclose()
                 await self._shutdown()
 
+    async def _listen(self, listener: SocketListener) -> None:
+        with self.serving:
+            await listener.serve(self.ingress.handle)
+
     async def _signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
             async for sig in sigs:
                 if sig == signal.SIGHUP:
-                    log.info("SIGHUP: reloading the config")
-                    self._load_config()
+                    await self.trackers.reload("SIGHUP")
                     continue
                 log.info("%s: shutting down", signal.Signals(sig).name)
                 self.stopping.set()
+                self.serving.cancel()  # no new connections; what was read is journaled
+                await self.journal.sync()
+                await self.trackers.drain(SHUTDOWN_DRAIN_S)
                 scope.cancel()
                 return
+
+    async def _retention(self) -> None:
+        """Delete journal segments every consumer has passed; enforce the disk cap."""
+        assert self.store is not None
+        while True:
+            await anyio.sleep(RETENTION_EVERY_S)
+            floor = self.store.durable_seq
+            trackers = self.trackers.min_cursor()
+            if trackers is not None:
+                floor = min(floor, trackers)
+            self.journal.retain(floor)
+            cap = self.settings.journal_max_bytes
+            if cap and self.journal.disk_bytes() > cap:
+                n = self.journal.retain(floor, max_bytes=cap, keep_after=self.store.durable_seq)
+                if n:
+                    self.cap_hit = True
+                    self.cap_deleted_segments += n
+                    log.error("journal over its cap of %d bytes: deleted %d segment(s) that "
+                              "trackers had not delivered yet", cap, n)
 
     async def _shutdown(self) -> None:
         assert self.store is not None

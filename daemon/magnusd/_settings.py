@@ -23,6 +23,7 @@ class Settings:
     allowed_uids: frozenset[int] = field(default_factory=lambda: frozenset({os.getuid()}))
     segment_bytes: int = 64 << 20
     spool_dir: str = ""
+    journal_max_bytes: int = 10 << 30
 
     @property
     def journal_dir(self) -> str:
@@ -53,6 +54,7 @@ def resolve(options: Mapping[str, object], environ: Mapping[str, str]) -> Settin
     fsync = pick("fsync_interval", "MAGNUS_FSYNC_INTERVAL")
     seg = pick("segment_bytes", "MAGNUS_JOURNAL_SEGMENT_BYTES")
     uids = pick("allow_uids", "MAGNUS_ALLOW_UIDS")
+    cap = pick("journal_max_bytes", "MAGNUS_JOURNAL_MAX_BYTES")
     allowed = {os.getuid()}
     if uids:
         for part in uids.replace(",", " ").split():
@@ -63,6 +65,7 @@ def resolve(options: Mapping[str, object], environ: Mapping[str, str]) -> Settin
         config=os.path.abspath(config),
         fsync_interval=0.1 if fsync is None else _number("fsync interval", fsync, float),
         allowed_uids=frozenset(allowed),
+        journal_max_bytes=10 << 30 if cap is None else int(_number("journal cap", cap, int)),
         spool_dir=os.path.abspath(environ.get("MAGNUS_SPOOL_DIR") or os.path.join(data, "spool")),
         segment_bytes=64 << 20 if seg is None else max(int(_number("segment bytes", seg, int)),
                                                        4096),

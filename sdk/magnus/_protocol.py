@@ -99,7 +99,25 @@ class Error(msgspec.Struct, tag="error", array_like=True):
     message: str
 
 
-Message = Hello | Welcome | Batch | StepMark | Sync | Ack | StatusRequest | StatusReply | Error
+class ContextRequest(msgspec.Struct, tag="context", array_like=True):
+    """Which tracker is active, for `get_experiment_tracker_context()` in this run."""
+
+    run_id: str
+    tag: str
+    step_name: str
+
+
+class ContextReply(msgspec.Struct, tag="context_reply", array_like=True):
+    """The first active tracker (`tracker_type` empty when none), its config and state."""
+
+    tracker_type: str
+    name: str = ""
+    config: dict[str, Any] = {}
+    state: dict[str, Any] = {}
+
+
+Message = (Hello | Welcome | Batch | StepMark | Sync | Ack | StatusRequest | StatusReply | Error
+           | ContextRequest | ContextReply)
 # Messages that change stored state: the only ones journaled and spooled.
 Journaled = Batch | StepMark
 

@@ -1,0 +1,104 @@
+"""The tracker plugin API (design §9): `BaseExperimentTracker`, `Event`, `RunInfo`.
+
+A tracker is constructed by the daemon as `TrackerClass(config)`, with `config` its `config:`
+block decoded into `TrackerClass.Config` (a msgspec Struct) and kept as `self.config`. All its
+methods are called from worker threads, one call at a time per instance, never on the event loop,
+so blocking libraries are fine. An exception from any method is a failed delivery: the daemon
+retries the same events with exponential backoff and jitter, keeping them in the journal
+meanwhile.
+
+Lifecycle:  __init__(config) → start() → [on_run_start(run) → log_batch(events) →
+            on_step_end(run, status)]* → close()
+
+Only `log_metric` must be written; `log_batch` (one call per delivered batch) defaults to calling
+`log_metric` per event, with `self.run` set to the event's run. Built-ins override `log_batch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import msgspec
+
+
+class RunInfo(msgspec.Struct, frozen=True):
+    """The magnus identity an event belongs to."""
+
+    run_id: str
+    tag: str = ""
+    step_name: str = ""
+
+
+class Event(msgspec.Struct):
+    """One tracked value, as trackers receive it."""
+
+    run_id: str
+    tag: str
+    step_name: str
+    key: str
+    value: Any
+    step: int
+    timestamp: float
+
+    @property
+    def run(self) -> RunInfo:
+        return RunInfo(self.run_id, self.tag, self.step_name)
+
+
+class NoConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """For trackers that take no configuration."""
+
+
+class BaseExperimentTracker:
+    """Base class of every tracker, built-in or plugin (entry-point group `experiment_tracker`)."""
+
+    service_name: ClassVar[str] = ""
+    Config: ClassVar[type[msgspec.Struct]] = NoConfig
+    #: The extra to install when the tracker's library is missing, e.g. "mlflow".
+    extra: ClassVar[str | None] = None
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.run: RunInfo | None = None  # the run of the event being delivered
+
+    # -- lifecycle hooks (no-ops by default) ------------------------------------------------
+
+    def start(self) -> None:
+        """Connect or open what delivery needs. Raising makes the daemon retry later."""
+
+    def close(self) -> None:
+        """Flush and release resources; called when the tracker is removed or the daemon stops."""
+
+    def on_run_start(self, run: RunInfo) -> None:
+        """Called before the first event of `run` that this instance delivers."""
+
+    def on_step_end(self, run: RunInfo, status: str) -> None:
+        """A magnus step ended (status SUCCESS or FAIL)."""
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def log_metric(self, key: str, value: Any, step: int = 0) -> None:
+        """Record one value of the current run (`self.run`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement log_metric")
+
+    def log_parameter(self, key: str, value: Any) -> None:
+        """Record a parameter of the current run (for trackers that distinguish them)."""
+
+    def log_batch(self, events: list[Event]) -> None:
+        """Deliver a batch, in order. Override for speed; the default calls `log_metric`."""
+        for e in events:
+            self.run = e.run
+            self.log_metric(e.key, e.value, e.step)
+
+    # -- the SDK side -----------------------------------------------------------------------
+
+    def context_state(self, run: RunInfo) -> dict[str, Any]:
+        """Daemon-side facts the client context needs (e.g. the tracker's own run id)."""
+        return {}
+
+    @contextlib.contextmanager
+    def client_context(self, run: RunInfo, state: dict[str, Any]) -> Iterator[Any]:
+        """The tracker's own client attached to `run`, built in the user's process."""
+        yield None

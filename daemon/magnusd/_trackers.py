@@ -1,0 +1,208 @@
+"""The running tracker set, and hot reload of the config file.
+
+A reload (file watch or SIGHUP) reads the file, compares it with the last text seen, parses and
+validates it completely and constructs every new or changed tracker — all before touching what
+runs. On any error the running set stays and the error is shown in `status` (`config.error`).
+Then: an unchanged tracker (same name, same definition) is left alone; a changed one is stopped
+after the op in hand and its replacement continues from its cursor; a new name starts at the
+journal head (or replays the retained journal with `backfill: true`); a removed one stops after
+the op in hand. At daemon start there is no running set to keep, so a tracker that fails to load
+or construct is shown `disabled` with its error while the others run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import anyio
+import anyio.abc
+
+from . import _config, _plugins
+from ._config import Config, ConfigError, TrackerDef
+from ._fanout import CursorStore, Runner, start_cursor
+from ._journal import Journal
+from ._tracker import BaseExperimentTracker
+
+log = logging.getLogger("magnusd.trackers")
+DEBOUNCE_MS = 200
+
+
+class Resolved(NamedTuple):
+    defn: TrackerDef
+    cls: type[BaseExperimentTracker] | None
+    conf: Any
+    error: str | None  # unknown type, failed import, missing extra, bad `config:` block
+
+
+def validate(cfg: Config) -> list[Resolved]:
+    """Resolve each tracker's class and decode its `config:` block into the class's struct."""
+    out = []
+    for i, d in enumerate(cfg.trackers):
+        where = (f"$.experiment_tracker[{i}]" if isinstance(cfg.experiment_tracker, list)
+                 else "$.experiment_tracker")
+        try:
+            cls = _plugins.load_class(d.type)
+            _plugins.check_available(cls, d.type)
+            conf = _plugins.decode_config(cls, d.config, f"{where}.config")
+        except _plugins.PluginError as e:
+            out.append(Resolved(d, None, None, f"{where} ({d.key}): {e}"))
+            continue
+        out.append(Resolved(d, cls, conf, None))
+    return out
+
+
+class Trackers:
+    def __init__(self, journal: Journal, data_dir: str, config_path: str,
+                 environ: Mapping[str, str]) -> None:
+        self.journal = journal
+        self.cursors = CursorStore(os.path.join(data_dir, "trackers"))
+        self.path = config_path
+        self.environ = environ
+        self.runners: dict[str, Runner] = {}
+        self.text: str | None = None  # the config text last acted on
+        self.loaded_at: float | None = None
+        self.error: str | None = None
+        self.definitions: list[dict[str, Any]] = []  # as written (no ${} values): run logs
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._lock = anyio.Lock()
+        self.on_change: list[Any] = []  # callbacks(definitions) after a successful load
+
+    def status(self) -> list[dict[str, Any]]:
+        return [r.status() for r in self.runners.values()]
+
+    def min_cursor(self) -> int | None:
+        return min((r.cursor.seq for r in self.runners.values()), default=None)
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Own the runners' tasks; load the config at start."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            await self.reload("start", initial=True)
+            task_status.started()
+            await anyio.sleep_forever()
+
+    # -- reload -----------------------------------------------------------------------------
+
+    async def reload(self, reason: str, initial: bool = False) -> bool:
+        async with self._lock:
+            text = _config.read_text(self.path)
+            if not initial and text == self.text:
+                log.info("config reload (%s): %s unchanged", reason, self.path)
+                return True
+            self.text = text
+            try:
+                cfg = _config.parse(text or "", self.path, self.environ)
+                resolved = validate(cfg)
+                problems = [r.error for r in resolved if r.error]
+                if problems and not initial:
+                    raise ConfigError(self.path, problems)
+                built = await self._construct(resolved, initial)
+            except ConfigError as e:
+                self.error = str(e)
+                log.error("config reload (%s) rejected, %s: %s", reason,
+                          "running without trackers" if initial else "the running trackers stay",
+                          e)
+                return False
+            self._swap(built)
+            self.error = "\n".join(e for _, _, e in built if e) or None
+            self.loaded_at = time.time()
+            self.definitions = _config.raw_definitions(text or "")
+            for cb in self.on_change:
+                cb(self.definitions)
+            log.info("config reload (%s) applied: %d tracker(s): %s", reason, len(self.runners),
+                     ", ".join(f"{r.name} ({r.defn.type})" for r in self.runners.values())
+                     or "none")
+            return True
+
+    async def _construct(self, resolved: list[Resolved], initial: bool
+                         ) -> list[tuple[TrackerDef, BaseExperimentTracker | None, str | None]]:
+        """Instances for new and changed trackers; failures disable (at start) or reject."""
+        out: list[tuple[TrackerDef, BaseExperimentTracker | None, str | None]] = []
+        problems = []
+        for d, cls, conf, error in resolved:
+            old = self.runners.get(d.key)
+            if old is not None and old.defn == d and old.tracker is not None:
+                out.append((d, old.tracker, None))  # unchanged: keep the instance
+                continue
+            if cls is None:
+                log.error("%s; it is disabled", error)
+                out.append((d, None, error))
+                continue
+            try:
+                tracker = await anyio.to_thread.run_sync(cls, conf)
+            except Exception as e:
+                msg = f"tracker {d.key!r} ({d.type}) failed to construct: {type(e).__name__}: {e}"
+                if not initial:
+                    problems.append(msg)
+                    continue
+                log.error("%s; it is disabled", msg)
+                out.append((d, None, msg))
+                continue
+            out.append((d, tracker, None))
+        if problems:
+            raise ConfigError(self.path, problems)
+        return out
+
+    def _swap(self, built: list[tuple[TrackerDef, BaseExperimentTracker | None, str | None]]
+              ) -> None:
+        assert self._tg is not None
+        new: dict[str, Runner] = {}
+        for d, tracker, error in built:
+            old = self.runners.pop(d.key, None)
+            if old is not None and old.defn == d and old.tracker is tracker and tracker:
+                new[d.key] = old  # unchanged
+                continue
+            if old is not None:  # changed: the new instance takes over the cursor
+                log.info("tracker %r: definition changed; the new instance takes over at the "
+                         "old one's cursor", d.key)
+                old.stop()
+                runner = Runner(d, tracker, self.journal, self.cursors, old.cursor, error,
+                                after=old)
+            else:
+                cursor = self.cursors.load(d.key) or start_cursor(self.journal, d.backfill)
+                self.cursors.save(d.key, cursor)
+                runner = Runner(d, tracker, self.journal, self.cursors, cursor, error)
+            new[d.key] = runner
+            self._tg.start_soon(runner.run)
+        for name, old in self.runners.items():
+            log.info("tracker %r removed: it stops after the batch in hand", name)
+            old.stop()
+            self._tg.start_soon(self._retire, old)
+        self.runners = new
+
+    async def _retire(self, old: Runner) -> None:
+        await old.done.wait()
+        if old.name not in self.runners:
+            self.cursors.delete(old.name)
+
+    # -- watching ---------------------------------------------------------------------------
+
+    async def watch(self, stop: anyio.Event) -> None:
+        """Reload whenever the config file changes (editors save by rename: watch the dir)."""
+        import watchfiles
+
+        directory = os.path.dirname(self.path)
+        os.makedirs(directory, exist_ok=True)
+        name = os.path.basename(self.path)
+        async for _ in watchfiles.awatch(
+                directory, watch_filter=lambda _c, p: os.path.basename(p) == name,
+                debounce=DEBOUNCE_MS, step=20, stop_event=stop, rust_timeout=1000,
+                recursive=False):
+            await self.reload("file changed")
+
+    async def drain(self, timeout: float) -> None:
+        """At shutdown: let trackers deliver what is pending (bounded), then stop them."""
+        with anyio.move_on_after(timeout):
+            while any(r.status()["pending"] and r.state == "running"
+                      for r in self.runners.values()):
+                await anyio.sleep(0.05)
+        for r in self.runners.values():
+            r.stop()
+        with anyio.move_on_after(5):
+            for r in self.runners.values():
+                await r.done.wait()

@@ -1,0 +1,1 @@
+"""Built-in trackers, registered in the `experiment_tracker` entry-point group."""
