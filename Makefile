@@ -13,8 +13,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[test]'
+$(VENV)/.installed-test: $(BIN)/python pyproject.toml tests/plugin/pyproject.toml tests/plugin/magnus_testplugin.py
+	$(BIN)/python -m pip install -q -e '.[test]' ./tests/plugin
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed

@@ -118,6 +118,11 @@ class RunStore:
         self._seen: dict[tuple[str, str], None] = {}
         self._last_checkpoint = time.monotonic()
 
+    def set_run_config(self, run_config: dict[str, object]) -> None:
+        """New tracker definitions: recorded again for every run that gets events after this."""
+        self.run_config = run_config
+        self._seen.clear()
+
     # -- applying ---------------------------------------------------------------------------
 
     def apply(self, batch: list[tuple[int, int, bytes]]) -> None:

@@ -192,7 +192,7 @@ class Daemon:
                 tg.start_soon(self.store.follow, self.journal)
                 store = self.store
                 self.trackers.on_change.append(
-                    lambda defs: setattr(store, "run_config", {"experiment_tracker": defs}))
+                    lambda defs: store.set_run_config({"experiment_tracker": defs}))
                 await tg.start(self.trackers.serve)
                 tg.start_soon(self.trackers.watch, self.stopping)
                 tg.start_soon(self._retention)

@@ -96,14 +96,35 @@ class step:
         c.add_mark(_client.Mark("end", ctx, outer, "FAIL" if et is not None else "SUCCESS"))
 
 
-class _NullContext:
-    def __enter__(self) -> None:
-        return None
+class _TrackerContext:
+    """Built on __enter__: asks the daemon for the active tracker, then lets that tracker's
+    plugin build its own client for this run, in this process."""
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+    def __init__(self) -> None:
+        self._cm: Any = None
+
+    def __enter__(self) -> Any:
+        reply = _CLIENT.ask_context()
+        if reply is None or not reply.tracker_type:
+            return None
+        from magnusd._plugins import decode_config, load_class  # only when a tracker is active
+        from magnusd._tracker import RunInfo
+
+        cls = load_class(reply.tracker_type)
+        tracker = cls(decode_config(cls, reply.config, "config"))
+        cur = _CLIENT.current()
+        self._cm = tracker.client_context(RunInfo(cur.run_id, cur.tag, cur.step_name),
+                                          reply.state)
+        return self._cm.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        cm, self._cm = self._cm, None
+        return None if cm is None else cm.__exit__(*exc)
 
 
-def get_experiment_tracker_context() -> _NullContext:
-    """The active tracker's own client, attached to this run; a null context without one."""
-    return _NullContext()
+def get_experiment_tracker_context() -> _TrackerContext:
+    """The active tracker's own client, attached to the run the daemon writes to.
+
+    A null context (yields None) when no tracker is configured or no daemon answers.
+    """
+    return _TrackerContext()

@@ -307,7 +307,8 @@ class Client:
             s.settimeout(CONNECT_TIMEOUT)
             s.connect(path)
             s.sendall(proto.frame(proto.Hello(proto.PROTOCOL_VERSION, self.client_id, os.getpid())))
-            reply = self._read_one(s)
+            self.rbuf = bytearray()
+            reply = self._read_one(s, self.rbuf)
             if not isinstance(reply, proto.Welcome):
                 msg = reply.message if isinstance(reply, proto.Error) else repr(reply)
                 self._warn(f"daemon at {path} refused the connection: {msg}")
@@ -324,14 +325,16 @@ class Client:
         self.sent_seq = 0
         self.backoff = BACKOFF_MIN
 
-    def _read_one(self, s: socket.socket) -> Any:
-        buf = bytearray()
+    @staticmethod
+    def _read_one(s: socket.socket, buf: bytearray) -> Any:
+        """The next message on a blocking socket; `buf` keeps what was read beyond it."""
         while True:
-            frames, used, error = _proto().split_frames(buf)
+            frames, used, error = _proto().split_frames(buf, max_frame=_proto().MAX_FRAME)
             if error:
                 raise ConnectionError(f"bad frame from daemon: {error}")
             if frames:
-                self.rbuf = buf[used:]
+                n = len(frames[0]) + 4
+                del buf[:n]
                 return _proto().decoder.decode(frames[0])
             chunk = s.recv(65536)
             if not chunk:
@@ -450,6 +453,37 @@ class Client:
         with self.lock:
             self.spooled_files += 1
         self._mark_done(todo[-1][0])
+
+    def ask_context(self) -> Any:
+        """One request/reply with the daemon for the active tracker; None when unreachable."""
+        import socket
+
+        proto = _proto()
+        self.start()
+        self.warm()
+        assert self.paths is not None
+        cur = self.current()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(CONNECT_TIMEOUT)
+            s.connect(self.paths[0])
+            s.sendall(proto.frame(proto.Hello(proto.PROTOCOL_VERSION, os.urandom(8).hex(),
+                                              os.getpid()))
+                      + proto.frame(proto.ContextRequest(cur.run_id, cur.tag, cur.step_name)))
+            s.settimeout(30.0)  # the tracker may create its run first
+            buf = bytearray()
+            while True:
+                msg = self._read_one(s, buf)
+                if isinstance(msg, proto.ContextReply):
+                    return msg
+                if isinstance(msg, proto.Error):
+                    self._warn(f"daemon refused the tracker context request: {msg.message}")
+                    return None
+        except (OSError, ValueError) as e:
+            self._warn(f"no tracker context (daemon unreachable: {e})")
+            return None
+        finally:
+            s.close()
 
     # -- flush and exit ---------------------------------------------------------------------
 

@@ -1,0 +1,61 @@
+"""A plugin tracker written to the documented API only: it implements `log_metric` (the base
+class's `log_batch` calls it with `self.run` set) and records everything it is given as JSON
+lines. Test knobs: `fail_file` (while it exists, every call raises) and `delay` (seconds per
+event, to make it fall behind)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+
+import msgspec
+
+from magnusd import BaseExperimentTracker
+
+
+class RecorderConfig(msgspec.Struct, forbid_unknown_fields=True):
+    path: str
+    fail_file: str = ""
+    delay: float = 0.0
+
+
+class Recorder(BaseExperimentTracker):
+    service_name = "test-recorder"
+    Config = RecorderConfig
+
+    def _check(self) -> None:
+        if self.config.fail_file and os.path.exists(self.config.fail_file):
+            raise RuntimeError("injected failure: backend unavailable")
+
+    def _write(self, obj: dict) -> None:
+        with open(self.config.path, "a") as f:
+            f.write(json.dumps(obj) + "\n")
+
+    def log_metric(self, key, value, step=0):
+        self._check()
+        if self.config.delay:
+            time.sleep(self.config.delay)
+        r = self.run
+        self._write({"run_id": r.run_id, "tag": r.tag, "step_name": r.step_name,
+                     "key": key, "value": value, "step": step})
+
+    def on_step_end(self, run, status):
+        self._check()
+        self._write({"step_end": run.step_name, "run_id": run.run_id, "status": status})
+
+    def context_state(self, run):
+        return {"served_by": os.getpid()}
+
+    @contextlib.contextmanager
+    def client_context(self, run, state):
+        yield {"run_id": run.run_id, "tag": run.tag, "step_name": run.step_name,
+               "path": self.config.path, **state}
+
+
+class BrokenConstruct(BaseExperimentTracker):
+    service_name = "test-broken-construct"
+
+    def __init__(self, config):
+        raise ConnectionError("cannot reach the backend")
