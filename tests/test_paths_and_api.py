@@ -63,3 +63,15 @@ def test_settings_precedence() -> None:
     s = resolve({"socket": "/opt.sock"}, env)
     assert s.socket == "/opt.sock" and s.data_dir == "/envdata" and s.fsync_interval == 0.5
     assert s.spool_dir == "/envdata/spool"
+
+
+def test_daemon_public_surface_is_documented() -> None:
+    from pathlib import Path
+
+    import magnusd
+
+    assert magnusd.__all__ == sorted(magnusd.__all__)
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name in magnusd.__all__:
+        assert f"`{name}`" in readme, name
+    assert magnusd.__version__

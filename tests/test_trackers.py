@@ -289,3 +289,31 @@ def test_no_context_without_a_context_capable_tracker(daemon: Daemon, cfg: str) 
             print(c)
     """)
     assert r.stdout.strip() == "None"
+
+
+def test_retention_and_disk_cap(make_daemon: Callable[..., Daemon], root: Path) -> None:
+    out, fail, stuck = root / "r.jsonl", root / "FAIL", root / "stuck.jsonl"
+    small = {"MAGNUS_JOURNAL_SEGMENT_BYTES": "65536"}
+    d = make_daemon(file_cfg(("r", "file", f"{{path: {out}}}")), extra_env=small).start()
+    emit = ("from magnus import track_this, flush\n"
+            "for i in range(1, 50001): track_this(step=i, v=i)\nassert flush(10)")
+    d.client(emit, MAGNUS_RUN_ID="ret")
+    wait_for(lambda: drained(d), what="drained")
+    # every consumer passed the old segments: they go (checked every few seconds)
+    wait_for(lambda: d.status()["journal"]["segments"] <= 2, timeout=20, what="segments deleted")
+    assert not d.status()["journal"]["cap_hit"]
+    d.stop()
+    # A tracker that never delivers would keep the journal forever: the cap bounds it.
+    fail.touch()
+    d.extra_env = small | {"MAGNUS_JOURNAL_MAX_BYTES": "300000"}
+    write_atomic(d.config, file_cfg(("stuck", "test-recorder",
+                                     f"{{path: {stuck}, fail_file: {fail}}}")))
+    d.start()
+    d.client(emit, MAGNUS_RUN_ID="cap")
+    st = wait_for(lambda: (s := d.status())["journal"]["cap_hit"] and s, timeout=20,
+                  what="cap reported")
+    assert st["journal"]["bytes"] <= 300000 + 65536 * 2
+    assert st["journal"]["cap_deleted_segments"] > 0
+    assert "over its cap" in d.log_text()
+    m = d.metrics("cap") or {}
+    assert len(m) == 50000  # the run log is not subject to the cap

@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
                    help="max seconds between journal fsyncs (env MAGNUS_FSYNC_INTERVAL; 0.1)")
     p.add_argument("--allow-uid", dest="allow_uids", action="append",
                    help="also accept clients of this uid (repeatable; env MAGNUS_ALLOW_UIDS)")
+    p.add_argument("--journal-max-bytes", dest="journal_max_bytes", type=int,
+                   help="journal disk cap (env MAGNUS_JOURNAL_MAX_BYTES; 10 GiB)")
     p.add_argument("--log-level", dest="log_level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -193,7 +195,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     try:
         cfg = _config.load(path, os.environ)
-        problems = [r.error for r in validate(cfg) if r.error]
+        problems = [r.error for r in validate(cfg, _config.read_text(path) or "") if r.error]
     except _config.ConfigError as e:
         problems = e.problems
     for p in problems:

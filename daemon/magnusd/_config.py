@@ -84,7 +84,7 @@ def parse(text: str, path: str, environ: Mapping[str, str]) -> Config:
     try:
         cfg = msgspec.convert(raw, Config)
     except msgspec.ValidationError as e:
-        problems.append(str(e))
+        problems.append(with_line(str(e), text))
         raise ConfigError(path, problems) from None
     names = [t.key for t in cfg.trackers]
     for dup in sorted({n for n in names if names.count(n) > 1}):
@@ -92,6 +92,46 @@ def parse(text: str, path: str, environ: Mapping[str, str]) -> Config:
     if problems:
         raise ConfigError(path, problems)
     return cfg
+
+
+_AT = re.compile(r"at `(\$[^`]*)`")
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_UNKNOWN = re.compile(r"unknown field `([^`]+)`")
+
+
+def with_line(message: str, text: str) -> str:
+    """Append the YAML line of the key path a msgspec error names, when it can be found."""
+    m = _AT.search(message)
+    where = m.group(1) if m else "$"
+    steps: list[str | int] = [k if k else int(i) for k, i in _STEP.findall(where[1:])]
+    unknown = _UNKNOWN.search(message)
+    if unknown:
+        steps.append(unknown.group(1))
+        if not m:
+            message += " - at `$`"
+    try:
+        node: Any = yaml.compose(text)
+    except yaml.YAMLError:
+        return message
+    line = None
+    for step in steps:
+        if isinstance(node, yaml.MappingNode) and isinstance(step, str):
+            match = [(k, v) for k, v in node.value if k.value == step]
+            if not match:
+                break
+            line = match[0][0].start_mark.line + 1
+            node = match[0][1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int):
+            if step >= len(node.value):
+                break
+            node = node.value[step]
+            line = node.start_mark.line + 1
+        else:
+            break
+    else:
+        if node is not None and not unknown:
+            line = node.start_mark.line + 1
+    return f"{message} (line {line})" if line else message
 
 
 def load(path: str, environ: Mapping[str, str]) -> Config:

@@ -38,8 +38,11 @@ class Resolved(NamedTuple):
     error: str | None  # unknown type, failed import, missing extra, bad `config:` block
 
 
-def validate(cfg: Config) -> list[Resolved]:
-    """Resolve each tracker's class and decode its `config:` block into the class's struct."""
+def validate(cfg: Config, text: str = "") -> list[Resolved]:
+    """Resolve each tracker's class and decode its `config:` block into the class's struct.
+
+    `text`, the YAML the config came from, lets errors name their line.
+    """
     out = []
     for i, d in enumerate(cfg.trackers):
         where = (f"$.experiment_tracker[{i}]" if isinstance(cfg.experiment_tracker, list)
@@ -49,7 +52,10 @@ def validate(cfg: Config) -> list[Resolved]:
             _plugins.check_available(cls, d.type)
             conf = _plugins.decode_config(cls, d.config, f"{where}.config")
         except _plugins.PluginError as e:
-            out.append(Resolved(d, None, None, f"{where} ({d.key}): {e}"))
+            msg = str(e)
+            if text and "- at `" in msg:
+                msg = _config.with_line(msg, text)
+            out.append(Resolved(d, None, None, f"{where} ({d.key}): {msg}"))
             continue
         out.append(Resolved(d, cls, conf, None))
     return out
@@ -97,7 +103,7 @@ class Trackers:
             self.text = text
             try:
                 cfg = _config.parse(text or "", self.path, self.environ)
-                resolved = validate(cfg)
+                resolved = validate(cfg, text or "")
                 problems = [r.error for r in resolved if r.error]
                 if problems and not initial:
                     raise ConfigError(self.path, problems)
