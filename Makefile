@@ -14,7 +14,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(BIN)/python pyproject.toml tests/plugin/pyproject.toml tests/plugin/magnus_testplugin.py
-	$(BIN)/python -m pip install -q -e '.[test]' ./tests/plugin
+	$(BIN)/python -m pip install -q -e '.[test,all]' ./tests/plugin
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed

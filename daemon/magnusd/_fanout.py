@@ -47,10 +47,15 @@ class CursorStore:
         self.dir = directory
         os.makedirs(directory, mode=0o700, exist_ok=True)
 
-    def _path(self, name: str) -> str:
+    def _path(self, name: str, suffix: str = ".cursor") -> str:
         from ._runstore import run_dirname
 
-        return os.path.join(self.dir, run_dirname(name) + ".cursor")
+        return os.path.join(self.dir, run_dirname(name) + suffix)
+
+    def state_dir(self, name: str) -> str:
+        path = self._path(name, ".state")
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
 
     def load(self, name: str) -> Cursor | None:
         try:
@@ -189,6 +194,7 @@ class Runner:
         return False
 
     async def _run(self, tracker: BaseExperimentTracker) -> None:
+        tracker.state_dir = self.cursors.state_dir(self.name)
         if not await self._call(tracker.start):
             return
         if self.state == "failing":
@@ -197,11 +203,12 @@ class Runner:
         reader = Reader(self.journal.dir, self.cursor.seq + 1, self.journal)
         try:
             while not self._stop.is_set():
-                batch = await anyio.to_thread.run_sync(reader.read, READ_BYTES)
-                if not batch:
+                # Reading and decoding stay off the event loop, which serves the clients.
+                ops = await anyio.to_thread.run_sync(lambda: to_ops(reader.read(READ_BYTES)))
+                if not ops:
                     await self._idle(reader.next_seq - 1)
                     continue
-                for op in to_ops(batch):
+                for op in ops:
                     if not await self._call(self._deliver, op):
                         return
                     if self.state == "failing":

@@ -56,11 +56,8 @@ def decode_config(cls: type[BaseExperimentTracker], raw: dict[str, Any], where: 
 
 def check_available(cls: type[BaseExperimentTracker], type_name: str) -> None:
     """Fail with the extra to install when the tracker's library is missing."""
-    check = getattr(cls, "check_library", None)
-    if check is None:
-        return
     try:
-        check()
+        cls.check_library()
     except ImportError as e:
         hint = f"; install the extra: pip install 'magnusd[{cls.extra}]'" if cls.extra else ""
         raise PluginError(f"tracker type {type_name!r} needs a library that is not "

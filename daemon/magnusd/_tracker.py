@@ -62,6 +62,13 @@ class BaseExperimentTracker:
     def __init__(self, config: Any) -> None:
         self.config = config
         self.run: RunInfo | None = None  # the run of the event being delivered
+        #: A directory of this tracker's own, kept across restarts and definition changes
+        #: (one per tracker name); set by the daemon before start().
+        self.state_dir = ""
+
+    @classmethod
+    def check_library(cls) -> None:
+        """Raise ImportError when the library this tracker needs is not installed."""
 
     # -- lifecycle hooks (no-ops by default) ------------------------------------------------
 

@@ -51,7 +51,7 @@ class FileTracker(BaseExperimentTracker):
     def log_batch(self, events: list[Event]) -> None:
         if self._fd < 0:
             self.start()
-        data = b"".join([_encoder.encode(e) + b"\n" for e in events])
+        data = _encoder.encode_lines(events)
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view):]
