@@ -23,7 +23,7 @@ import anyio.abc
 
 from . import _config, _plugins
 from ._config import Config, ConfigError, TrackerDef
-from ._fanout import CursorStore, Runner, start_cursor
+from ._fanout import Cursor, CursorStore, Runner, start_cursor
 from ._journal import Journal
 from ._tracker import BaseExperimentTracker
 
@@ -75,6 +75,7 @@ class Trackers:
         self.definitions: list[dict[str, Any]] = []  # as written (no ${} values): run logs
         self._tg: anyio.abc.TaskGroup | None = None
         self._lock = anyio.Lock()
+        self._start_head: Cursor | None = None
         self.on_change: list[Any] = []  # callbacks(definitions) after a successful load
 
     def status(self) -> list[dict[str, Any]]:
@@ -85,11 +86,18 @@ class Trackers:
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                     ) -> None:
-        """Own the runners' tasks; load the config at start."""
+        """Own the runners' tasks; load the config at start, without delaying readiness.
+
+        Importing a tracker's library can take seconds (MLflow); clients are served meanwhile,
+        and a tracker new at this start begins at the journal head as of the start, so it
+        misses nothing journaled while it loaded.
+        """
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            await self.reload("start", initial=True)
+            self._start_head = Cursor(self.journal.last_seq, self.journal.events)
             task_status.started()
+            await self.reload("start", initial=True)
+            self._start_head = None
             await anyio.sleep_forever()
 
     # -- reload -----------------------------------------------------------------------------
@@ -103,7 +111,7 @@ class Trackers:
             self.text = text
             try:
                 cfg = _config.parse(text or "", self.path, self.environ)
-                resolved = validate(cfg, text or "")
+                resolved = await anyio.to_thread.run_sync(validate, cfg, text or "")
                 problems = [r.error for r in resolved if r.error]
                 if problems and not initial:
                     raise ConfigError(self.path, problems)
@@ -170,7 +178,9 @@ class Trackers:
                 runner = Runner(d, tracker, self.journal, self.cursors, old.cursor, error,
                                 after=old)
             else:
-                cursor = self.cursors.load(d.key) or start_cursor(self.journal, d.backfill)
+                cursor = (self.cursors.load(d.key)
+                          or (self._start_head if self._start_head and not d.backfill else None)
+                          or start_cursor(self.journal, d.backfill))
                 self.cursors.save(d.key, cursor)
                 runner = Runner(d, tracker, self.journal, self.cursors, cursor, error)
             new[d.key] = runner
