@@ -67,7 +67,8 @@ class Daemon:
     def start(self, wait: bool = True, args: tuple[str, ...] = ()) -> Daemon:
         logf = open(self.log, "ab")  # noqa: SIM115 - owned by the subprocess
         self.proc = subprocess.Popen([MAGNUSD, "serve", *args], env=self.env, stdout=logf,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=self.root)
         logf.close()
         if wait:
             wait_for(self.alive, timeout=30, what="the daemon to answer status")
@@ -125,7 +126,7 @@ class Daemon:
         e = self.env
         e.update({k: str(v) for k, v in env.items()})
         r = subprocess.run([PY, "-c", textwrap.dedent(code)], env=e, capture_output=True,
-                           text=True, timeout=timeout)
+                           text=True, timeout=timeout, cwd=self.root)
         if check:
             assert r.returncode == 0, f"client failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
         return r
@@ -134,7 +135,7 @@ class Daemon:
         e = self.env
         e.update({k: str(v) for k, v in env.items()})
         return subprocess.Popen([PY, "-c", textwrap.dedent(code)], env=e, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.root)
 
 
 @pytest.fixture

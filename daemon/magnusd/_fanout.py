@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import random
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,10 +78,12 @@ class CursorStore:
         os.replace(tmp, path)  # a process crash keeps it; an OS crash may repeat one op
 
     def delete(self, name: str) -> None:
+        """Forget a removed tracker: its cursor and its state directory."""
         try:
             os.unlink(self._path(name))
         except FileNotFoundError:
             pass
+        shutil.rmtree(self._path(name, ".state"), ignore_errors=True)
 
 
 @dataclass

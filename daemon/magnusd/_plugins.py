@@ -58,7 +58,7 @@ def check_available(cls: type[BaseExperimentTracker], type_name: str) -> None:
     """Fail with the extra to install when the tracker's library is missing."""
     try:
         cls.check_library()
-    except ImportError as e:
+    except Exception as e:  # ImportError, or a broken install failing otherwise on import
         hint = f"; install the extra: pip install 'magnusd[{cls.extra}]'" if cls.extra else ""
         raise PluginError(f"tracker type {type_name!r} needs a library that is not "
                           f"installed ({e}){hint}") from None

@@ -133,6 +133,8 @@ class Daemon:
 
     async def context(self, req: proto.ContextRequest) -> proto.ContextReply:
         """The first usable tracker, for a client's get_experiment_tracker_context()."""
+        with anyio.move_on_after(60):  # right after start, trackers may still be loading
+            await self.trackers.loaded.wait()
         for r in self.trackers.runners.values():
             if r.tracker is None:
                 continue

@@ -76,6 +76,7 @@ class Trackers:
         self._tg: anyio.abc.TaskGroup | None = None
         self._lock = anyio.Lock()
         self._start_head: Cursor | None = None
+        self.loaded = anyio.Event()  # the config of the start has been acted on
         self.on_change: list[Any] = []  # callbacks(definitions) after a successful load
 
     def status(self) -> list[dict[str, Any]]:
@@ -98,6 +99,7 @@ class Trackers:
             task_status.started()
             await self.reload("start", initial=True)
             self._start_head = None
+            self.loaded.set()
             await anyio.sleep_forever()
 
     # -- reload -----------------------------------------------------------------------------

@@ -66,8 +66,9 @@ _STEP_MAX = (1 << 63) - 1  # an event file's step is an int64
 
 
 def _file_suffix(who: str) -> str:
-    """Event-file names carry only a 1 s timestamp and the host; this makes each one unique."""
-    return f".{who}.{os.getpid()}.{next(_file_ids)}.{secrets.token_hex(4)}"
+    """Event-file names carry only a 1 s timestamp and the host; this makes each one unique,
+    and a process's files of one second sort (as TensorBoard reads them) in creation order."""
+    return f".{who}.{os.getpid()}.{next(_file_ids):08d}.{secrets.token_hex(4)}"
 
 
 def _text(value: Any) -> str:

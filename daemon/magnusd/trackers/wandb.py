@@ -1,4 +1,4 @@
-"""`wandb`: one Weights & Biases run per magnus run (needs the extra: `pip install 'magnusd[wandb]'`).
+"""`wandb`: one Weights & Biases run per magnus run (extra: `pip install 'magnusd[wandb]'`).
 
 Config: `project` (default "magnus"), `entity` (default: the API key's default entity), `mode`
 (`online`, the default, or `offline`) and `dir` (where W&B writes its run directories; default:
@@ -30,6 +30,8 @@ environment (`WANDB_API_KEY`, `~/.netrc`) of the daemon; they never appear in th
   string. Keys W&B reserves (`_step`, `_runtime`, `_timestamp`, `_wandb…`) are logged as
   `magnus/<key>`.
 - Step ends: `summary["magnus/status/<step name>"]` = SUCCESS or FAIL.
+- A failed delivery is retried whole (the W&B run is re-opened), so rows logged before the
+  failure can appear twice; values are never lost.
 - W&B's own output is silenced in the daemon (`WANDB_SILENT`, `console="off"`), and it does not
   record the daemon's code, git state, host metadata or system metrics, which would describe the
   daemon rather than the tracked process.
@@ -47,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import threading
@@ -58,6 +61,7 @@ import msgspec
 
 from .._tracker import BaseExperimentTracker, Event, RunInfo
 
+log = logging.getLogger("magnusd.trackers.wandb")
 MAX_OPEN_RUNS = 16
 STEP_PREFIX = "magnus/step/"
 STATUS_PREFIX = "magnus/status/"
@@ -187,7 +191,10 @@ class WandbTracker(BaseExperimentTracker):
             if len(self._runs) > MAX_OPEN_RUNS:
                 evicted = self._runs.popitem(last=False)[1]
         if evicted is not None:
-            evicted.run.finish()
+            try:
+                evicted.run.finish()
+            except Exception as e:  # its rows were handed to W&B already; deliver this run's
+                log.warning("finishing W&B run %s failed: %s", evicted.run.id, e)
         return o
 
     def _drop(self, run_id: str) -> None:
@@ -277,7 +284,8 @@ class WandbTracker(BaseExperimentTracker):
         s = {**self.context_state(run), **(state or {})}
         d = s.get("dir")
         if d:
-            os.makedirs(d, exist_ok=True)
+            with contextlib.suppress(OSError):  # not ours to create: W&B falls back on its own
+                os.makedirs(d, exist_ok=True)
         wrun = wandb.init(
             project=s["project"], entity=s.get("entity"), mode=s.get("mode", "online"), dir=d,
             id=s["wandb_run_id"], name=s.get("name"), group=s.get("group"),
