@@ -67,6 +67,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("install-units", help="write the systemd units for this installation")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("--user", dest="scope", action="store_const", const="user",
+                       help="a user service and socket (default)")
+    scope.add_argument("--system", dest="scope", action="store_const", const="system",
+                       help="a system service and socket (group magnus)")
+    p.add_argument("--dry-run", action="store_true", help="print the units, write nothing")
+    p.add_argument("--target", help="directory to write to (default: systemd's for the scope)")
+
     p = sub.add_parser("check-config", help="validate a config file")
     _common(p, "config")
     p.add_argument("path", nargs="?", metavar="PATH")
@@ -80,13 +89,35 @@ def _settings(args: argparse.Namespace) -> Settings:
     return resolve(opts, os.environ)
 
 
+class JournaldFormatter(logging.Formatter):
+    """`<N>` syslog priority prefixes and no timestamps: journald adds its own."""
+
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = self.PRIORITY.get(record.levelno, 6)
+        return "\n".join(f"<{prio}>{line}" for line in super().format(record).splitlines())
+
+
+def configure_logging(level: str, environ: Any) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if environ.get("JOURNAL_STREAM"):  # stderr goes to journald
+        handler.setFormatter(JournaldFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # one line per file event
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import anyio
 
     from ._server import Daemon
 
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, os.environ)
     settings = _settings(args)
     async def serve() -> None:  # anyio primitives must be made inside the event loop
         await Daemon(settings, dict(os.environ)).run()
@@ -207,12 +238,27 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "status": cmd_status, "runs": cmd_runs, "show": cmd_show,
+def cmd_install_units(args: argparse.Namespace) -> int:
+    from ._units import install
+
+    try:
+        print(install(args.scope or "user", args.dry_run, args.target), end="")
+    except PermissionError as e:
+        raise MagnusdError(f"cannot write the units: {e} (the system units need root)") from None
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "install-units": cmd_install_units, "status": cmd_status, "runs": cmd_runs, "show": cmd_show,
             "check-config": cmd_check_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ._systemd import install_early_signal_handlers, restore_default_signal_handlers
+
+    install_early_signal_handlers()  # before anything slow: a SIGHUP must not kill `serve`
     args = parser().parse_args(argv)
+    if args.command != "serve":
+        restore_default_signal_handlers()
     try:
         return COMMANDS[args.command](args)
     except NotRunning as e:

@@ -136,7 +136,8 @@ class Ingress:
     async def handle(self, stream: SocketStream) -> None:
         async with stream:
             peer = _peer(stream)
-            if peer is not None and peer[1] not in self.allowed_uids:
+            if peer is not None and peer[1] not in self.allowed_uids \
+                    and -1 not in self.allowed_uids:  # -1: any uid (_settings.ANY_UID)
                 self.refused_total += 1
                 log.warning("refused a client of uid %d (pid %d): not in the allowed uids %s",
                             peer[1], peer[0], sorted(self.allowed_uids))

@@ -27,6 +27,7 @@ from ._ingress import Dedup, Ingress
 from ._journal import Journal, Reader
 from ._runstore import RunStore
 from ._settings import Settings
+from ._systemd import Notifier, early_signals, listen_fds
 from ._tracker import RunInfo
 from ._trackers import Trackers
 
@@ -71,6 +72,16 @@ def _bind(path: str) -> socket.socket:
     else:
         if not stat.S_ISSOCK(st.st_mode):
             raise SettingsError(f"{path} exists and is not a socket; remove it or choose --socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1)
+        try:
+            probe.connect(path)
+        except OSError:
+            pass  # nobody answers: stale
+        else:
+            raise AlreadyRunning(f"another daemon is serving on {path} (socket-activated?)")
+        finally:
+            probe.close()
         os.unlink(path)  # stale: its daemon no longer holds the lock
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
@@ -99,6 +110,11 @@ class Daemon:
         self.store: RunStore | None = None
         self.cap_hit = False
         self.cap_deleted_segments = 0
+        self.notifier = Notifier(environ)
+        self.trackers.notifier = self.notifier
+        self.socket_path = settings.socket
+        self.activated = False
+        self._rate = (time.monotonic(), 0)  # for the events/s in STATUS=
         self.stopping = anyio.Event()  # set first thing on shutdown (file watchers poll it)
         self.serving = anyio.CancelScope()  # the listener and its connections
 
@@ -115,7 +131,8 @@ class Daemon:
             "config": {"path": s.config, "loaded_at": self.trackers.loaded_at,
                        "error": self.trackers.error},
             "trackers": self.trackers.status(),
-            "socket": s.socket,
+            "socket": self.socket_path,
+            "socket_activated": self.activated,
             "data_dir": s.data_dir,
             "journal": {"last_seq": self.journal.last_seq, "durable_seq": self.journal.durable_seq,
                         "segments": len(self.journal.segments),
@@ -166,20 +183,32 @@ class Daemon:
 
     async def run(self) -> None:
         s = self.settings
+        inherited = listen_fds(self.environ)
         os.makedirs(s.data_dir, mode=0o700, exist_ok=True)
-        lock_fds = [_lock(os.path.join(s.data_dir, "daemon.lock"), f"the data directory {s.data_dir}")]
+        lock_fds = [_lock(os.path.join(s.data_dir, "daemon.lock"),
+                          f"the data directory {s.data_dir}")]
         try:
-            _private_dir(os.path.dirname(s.socket))
-            lock_fds.append(_lock(s.socket + ".lock", f"the socket {s.socket}"))
+            if inherited:  # socket activation: systemd owns the socket file; never unlink it
+                sock = inherited[0]
+                self.socket_path = sock.getsockname() or s.socket
+                self.activated = True
+                for extra in inherited[1:]:
+                    log.warning("ignoring extra socket-activation fd %d", extra.fileno())
+            else:
+                _private_dir(os.path.dirname(s.socket))
+                lock_fds.append(_lock(s.socket + ".lock", f"the socket {s.socket}"))
+            self.notifier.extend_timeout(60)  # recovery of a large journal may take a while
             self._recover()
-            sock = _bind(s.socket)
+            if not inherited:
+                sock = _bind(s.socket)
             try:
                 await self._serve(sock)
             finally:
-                try:
-                    os.unlink(s.socket)
-                except FileNotFoundError:
-                    pass
+                if not inherited:
+                    try:
+                        os.unlink(s.socket)
+                    except FileNotFoundError:
+                        pass
         finally:
             for fd in lock_fds:
                 os.close(fd)
@@ -204,8 +233,12 @@ class Daemon:
                     log.info("ingested %d spooled event(s)", n)
                 tg.start_soon(_spool.watch, self.settings.spool_dir, self.ingress, self.stopping)
                 tg.start_soon(self._listen, listener)
-                log.info("ready: listening on %s (data %s, pid %d)", self.settings.socket,
+                tg.start_soon(self._watchdog)
+                tg.start_soon(self._status_line)
+                log.info("ready: listening on %s%s (data %s, pid %d)", self.socket_path,
+                         " (socket-activated)" if self.activated else "",
                          self.settings.data_dir, os.getpid())
+                self.notifier.ready(self.status_line())
         finally:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()
@@ -217,17 +250,56 @@ class Daemon:
 
     async def _signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            early, early_signals[:] = list(early_signals), []
+            for sig in early:  # arrived while starting
+                if await self._on_signal(sig, scope):
+                    return
             async for sig in sigs:
-                if sig == signal.SIGHUP:
-                    await self.trackers.reload("SIGHUP")
-                    continue
-                log.info("%s: shutting down", signal.Signals(sig).name)
-                self.stopping.set()
-                self.serving.cancel()  # no new connections; what was read is journaled
-                await self.journal.sync()
-                await self.trackers.drain(SHUTDOWN_DRAIN_S)
-                scope.cancel()
-                return
+                if await self._on_signal(sig, scope):
+                    return
+
+    async def _on_signal(self, sig: int, scope: anyio.CancelScope) -> bool:
+        """Handle one signal; True when it stops the daemon."""
+        if sig == signal.SIGHUP:
+            await self.trackers.reload("SIGHUP", force_notify=True)
+            return False
+        log.info("%s: shutting down", signal.Signals(sig).name)
+        self.notifier.stopping()
+        self.notifier.extend_timeout(SHUTDOWN_DRAIN_S + SHUTDOWN_CATCH_UP_S + 10)
+        self.stopping.set()
+        self.serving.cancel()  # no new connections; what was read is journaled
+        await self.journal.sync()
+        await self.trackers.drain(SHUTDOWN_DRAIN_S)
+        scope.cancel()
+        return True
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 from the event loop: a stuck loop stops the pings."""
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            self.notifier.send("WATCHDOG=1")
+            await anyio.sleep(interval)
+
+    def status_line(self) -> str:
+        now, events = time.monotonic(), self.ingress.events_total
+        t0, e0 = self._rate
+        self._rate = (now, events)
+        rate = (events - e0) / (now - t0) if now > t0 else 0.0
+        trackers = ", ".join(f"{t['name']} {t['state']}"
+                             + (f" ({t['pending']} pending)" if t["pending"] else "")
+                             for t in self.trackers.status()) or "no trackers"
+        reload = "config error" if self.trackers.error else "config ok"
+        return (f"{rate:,.0f} events/s, {self.ingress.clients} client(s); {trackers}; "
+                f"{reload}")
+
+    async def _status_line(self) -> None:
+        if not self.notifier.enabled:
+            return
+        while True:
+            await anyio.sleep(5)
+            self.notifier.status(self.status_line())
 
     async def _retention(self) -> None:
         """Delete journal segments every consumer has passed; enforce the disk cap."""

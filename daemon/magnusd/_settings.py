@@ -14,6 +14,9 @@ from magnus import _paths
 from ._errors import SettingsError
 
 
+ANY_UID = -1
+
+
 @dataclass(frozen=True)
 class Settings:
     socket: str
@@ -58,7 +61,10 @@ def resolve(options: Mapping[str, object], environ: Mapping[str, str]) -> Settin
     allowed = {os.getuid()}
     if uids:
         for part in uids.replace(",", " ").split():
-            allowed.add(int(_number("MAGNUS_ALLOW_UIDS", part, int)))
+            if part == "*":  # any uid: the socket file's mode and group decide (system units)
+                allowed.add(ANY_UID)
+            else:
+                allowed.add(int(_number("MAGNUS_ALLOW_UIDS", part, int)))
     return Settings(
         socket=os.path.abspath(sock),
         data_dir=os.path.abspath(data),

@@ -77,6 +77,7 @@ class Trackers:
         self._lock = anyio.Lock()
         self._start_head: Cursor | None = None
         self.loaded = anyio.Event()  # the config of the start has been acted on
+        self.notifier: Any = None  # _systemd.Notifier, set by the daemon
         self.on_change: list[Any] = []  # callbacks(definitions) after a successful load
 
     def status(self) -> list[dict[str, Any]]:
@@ -104,36 +105,49 @@ class Trackers:
 
     # -- reload -----------------------------------------------------------------------------
 
-    async def reload(self, reason: str, initial: bool = False) -> bool:
+    async def reload(self, reason: str, initial: bool = False, force_notify: bool = False) -> bool:
+        """Reload the config; systemd hears RELOADING=1 … READY=1 around every real reload."""
         async with self._lock:
             text = _config.read_text(self.path)
-            if not initial and text == self.text:
-                log.info("config reload (%s): %s unchanged", reason, self.path)
-                return True
-            self.text = text
+            changed = initial or text != self.text
+            notify = self.notifier is not None and not initial and (changed or force_notify)
+            if notify:
+                self.notifier.reloading()
             try:
-                cfg = _config.parse(text or "", self.path, self.environ)
-                resolved = await anyio.to_thread.run_sync(validate, cfg, text or "")
-                problems = [r.error for r in resolved if r.error]
-                if problems and not initial:
-                    raise ConfigError(self.path, problems)
-                built = await self._construct(resolved, initial)
-            except ConfigError as e:
-                self.error = str(e)
-                log.error("config reload (%s) rejected, %s: %s", reason,
-                          "running without trackers" if initial else "the running trackers stay",
-                          e)
-                return False
-            self._swap(built)
-            self.error = "\n".join(e for _, _, e in built if e) or None
-            self.loaded_at = time.time()
-            self.definitions = _config.raw_definitions(text or "")
-            for cb in self.on_change:
-                cb(self.definitions)
-            log.info("config reload (%s) applied: %d tracker(s): %s", reason, len(self.runners),
-                     ", ".join(f"{r.name} ({r.defn.type})" for r in self.runners.values())
-                     or "none")
+                return await self._reload(reason, initial, text, changed)
+            finally:
+                if notify:
+                    self.notifier.ready("config " + ("error: " + self.error.splitlines()[0]
+                                                     if self.error else "reloaded"))
+
+    async def _reload(self, reason: str, initial: bool, text: str | None, changed: bool) -> bool:
+        if not changed:
+            log.info("config reload (%s): %s unchanged", reason, self.path)
             return True
+        self.text = text
+        try:
+            cfg = _config.parse(text or "", self.path, self.environ)
+            resolved = await anyio.to_thread.run_sync(validate, cfg, text or "")
+            problems = [r.error for r in resolved if r.error]
+            if problems and not initial:
+                raise ConfigError(self.path, problems)
+            built = await self._construct(resolved, initial)
+        except ConfigError as e:
+            self.error = str(e)
+            log.error("config reload (%s) rejected, %s: %s", reason,
+                      "running without trackers" if initial else "the running trackers stay",
+                      e)
+            return False
+        self._swap(built)
+        self.error = "\n".join(e for _, _, e in built if e) or None
+        self.loaded_at = time.time()
+        self.definitions = _config.raw_definitions(text or "")
+        for cb in self.on_change:
+            cb(self.definitions)
+        log.info("config reload (%s) applied: %d tracker(s): %s", reason, len(self.runners),
+                 ", ".join(f"{r.name} ({r.defn.type})" for r in self.runners.values())
+                 or "none")
+        return True
 
     async def _construct(self, resolved: list[Resolved], initial: bool
                          ) -> list[tuple[TrackerDef, BaseExperimentTracker | None, str | None]]:
