@@ -161,7 +161,8 @@ def tracker_yaml(kind: str, root: Path) -> str:
 
 
 def tracker(st: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(t for t in st["trackers"] if t["name"] == name)
+    """Tracker `name` in a status; {} while the daemon has not listed it yet."""
+    return next((t for t in st["trackers"] if t["name"] == name), {})
 
 
 def daemon_case(kinds: tuple[str, ...], n: int, keep: bool) -> dict[str, Any]:
@@ -174,7 +175,8 @@ def daemon_case(kinds: tuple[str, ...], n: int, keep: bool) -> dict[str, Any]:
     proc: subprocess.Popen[str] | None = None
     try:
         d.start()
-        C.wait_for(lambda: all(tracker(d.status(), k)["state"] == "running" for k in kinds),
+        C.wait_for(lambda: all(tracker(st, k).get("state") == "running" for st in [d.status()]
+                               for k in kinds),
                    60, 0.02, f"trackers {kinds} running")
         env = C.clean_env(MAGNUS_SOCKET=d.sock, MAGNUS_DATA_DIR=d.data, MAGNUS_CONFIG=d.config,
                           MAGNUS_RUN_ID=run_id, MAGNUS_RUN_TAG=TAG,
