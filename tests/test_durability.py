@@ -4,6 +4,7 @@ problem."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -147,3 +148,28 @@ def test_status_json_fields(daemon: Daemon) -> None:
         assert k in st
     assert set(st["config"]) >= {"path", "loaded_at", "error"}
     assert st["trackers"] == [] and st["pid"] == daemon.proc.pid
+
+
+def test_hung_daemon_at_exit_events_are_spooled(make_daemon, root: Path) -> None:
+    """A daemon that accepts but never answers: the client still exits promptly and spools."""
+    import socket as so
+
+    d: Daemon = make_daemon(config_text="")
+    Path(d.sock).parent.mkdir(mode=0o700)
+    hung = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+    hung.bind(d.sock)
+    hung.listen(16)  # never accepted, never answered
+    try:
+        t = time.monotonic()
+        d.client("""
+            from magnus import track_this
+            for i in range(1, 1001):
+                track_this(step=i, h=i)
+        """, MAGNUS_RUN_ID="hung1", MAGNUS_STEP_NAME="s", MAGNUS_EXIT_TIMEOUT="2")
+        assert time.monotonic() - t < 15
+    finally:
+        hung.close()
+        os.unlink(d.sock)
+    assert list((d.data / "spool").glob("*.spool"))
+    d.start()
+    assert len(d.metrics("hung1", "s") or {}) == 1000

@@ -524,7 +524,9 @@ class Client:
             self.wake()
             with self.cond:
                 target = self.seq
-                self.cond.wait_for(lambda: self.done_seq >= target, timeout=5.0)
+                done = self.cond.wait_for(lambda: self.done_seq >= target, timeout=2.0)
+            if not done:  # the flusher is stuck in I/O (a hung daemon): spool from here
+                self._spool()
         if self.dropped:
             self._warn(f"{self.dropped} events were dropped (buffer full)")
 
