@@ -223,7 +223,7 @@ def daemon_case(kinds: tuple[str, ...], n: int, keep: bool) -> dict[str, Any]:
             raise RuntimeError(f"client exited {proc.returncode}: {err[-2000:]}")
         cl = json.loads(out.strip().splitlines()[-1])
         res["client"] = cl
-        res["client_stderr"] = err.strip()[:500]
+        res["client_stderr"] = stderr_problems(err)
         res["daemon_cpu_s"] = cpu1 - cpu0
         res["rss_kb"] = d.rss_kb()
         t0 = cl["t_first"]
@@ -266,6 +266,13 @@ def daemon_case(kinds: tuple[str, ...], n: int, keep: bool) -> dict[str, Any]:
 # -- the libraries alone ------------------------------------------------------------------
 
 
+def stderr_problems(text: str) -> str:
+    """Lines of a client's stderr worth reporting (not the libraries' INFO chatter)."""
+    keep = [ln for ln in text.splitlines()
+            if any(w in ln for w in ("WARN", "ERROR", "Error", "Traceback", "CRITICAL"))]
+    return "\n".join(keep)[:500]
+
+
 def library_case(mode: str, n: int, keep: bool) -> dict[str, Any]:
     root = C.short_tmpdir("mbl")
     where = root / ("lib.db" if mode.startswith("mlflow") else "out")
@@ -276,7 +283,7 @@ def library_case(mode: str, n: int, keep: bool) -> dict[str, Any]:
         if r.returncode != 0 or not r.stdout.strip():
             raise RuntimeError(f"{mode} client exited {r.returncode}: {r.stderr[-2000:]}")
         res: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
-        res.update(mode=mode, n=n, stderr=r.stderr.strip()[:500])
+        res.update(mode=mode, n=n, stderr=stderr_problems(r.stderr))
         if mode.startswith("mlflow"):
             res["check"] = verify(mode, where, n, mlflow_run_id=res["mlflow_run_id"])
         elif mode == "tbx":
@@ -294,6 +301,10 @@ def library_case(mode: str, n: int, keep: bool) -> dict[str, Any]:
 def us(ns: float) -> str:
     v = ns / 1000
     return f"{v:,.1f}" if v < 100 else f"{v:,.0f}"
+
+
+def eps_or_dash(v: float) -> str:
+    return "-" if v != v else f"{v:,.0f}"  # NaN: the first batch held everything
 
 
 def landed(chk: dict[str, Any] | None) -> str:
@@ -386,7 +397,7 @@ def report(args: argparse.Namespace, alone: dict[str, dict[str, Any]],
                 continue
             t = a["trackers"][k]
             rows.append([LABEL[k], f"{t['first_s']:.2f} ({t['first_events']:,})",
-                         f"{t['steady_eps']:,.0f}", f"{t['deliver_s']:.2f}",
+                         eps_or_dash(t["steady_eps"]), f"{t['deliver_s']:.2f}",
                          f"{t['lag_after_flush_s']:.2f}", f"{t['max_pending']:,}",
                          f"{a['daemon_cpu_s']:.2f}", f"{a['rss_kb'][1] / 1024:.0f}",
                          f"{a['daemon_stop_s']:.2f}", t["errors"]])
@@ -409,7 +420,7 @@ def report(args: argparse.Namespace, alone: dict[str, dict[str, Any]],
             solo = alone.get(k, {}).get("trackers", {}).get(k)
             rows.append([LABEL[k], f"{t['first_s']:.2f} ({t['first_events']:,})",
                          f"{t['deliver_s']:.2f}", f"**{t['eps']:,.0f}**",
-                         f"{solo['eps']:,.0f}" if solo else "-", f"{t['steady_eps']:,.0f}",
+                         f"{solo['eps']:,.0f}" if solo else "-", eps_or_dash(t["steady_eps"]),
                          f"{t['max_pending']:,}", landed(t.get("check"))])
         out.append(C.table(["tracker", "first delivery s (events)", "all delivered s",
                             "events/s", "events/s alone (above)", "steady events/s",

@@ -116,7 +116,9 @@ def test_every_point_lands_in_one_run(make_daemon: Callable[..., Daemon], root: 
     d.client(TRACK.format(first=1, last=5000), MAGNUS_RUN_ID=f"m-{backend}", MAGNUS_RUN_TAG=tag,
              MAGNUS_STEP_NAME="train")
     wait_for(lambda: drained(d), timeout=120, what="mlflow tracker drained")
-    run = the_run(uri, tag, f"m-{backend}")
+    # the step's end is delivered after its last event (marks are not counted in `pending`)
+    run = wait_for(lambda: (r := the_run(uri, tag, f"m-{backend}")).info.status == "FINISHED"
+                   and r, timeout=30, what="the run FINISHED")
     hist = client(uri).get_metric_history(run.info.run_id, "loss")
     assert sorted((m.step, m.value) for m in hist) == [(s, s / 10) for s in range(1, 5001)]
     tags = run.data.tags
