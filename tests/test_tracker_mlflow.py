@@ -218,3 +218,24 @@ def test_missing_extra_is_named(make_daemon: Callable[..., Daemon], root: Path) 
     t = d.status()["trackers"]
     st = wait_for(lambda: (t := d.status()["trackers"]) and t[0], what="tracker listed")
     assert st["state"] == "disabled" and "magnusd[mlflow]" in st["last_error"], t
+
+
+def test_a_failed_step_fails_the_run(make_daemon: Callable[..., Daemon], root: Path) -> None:
+    uri = f"sqlite:///{root}/fail.db"
+    d = make_daemon(mlflow_cfg(uri)).start()
+    d.client("""
+        import magnus
+        with magnus.step("ok"):
+            magnus.track_this(a=1)
+        try:
+            with magnus.step("bad"):
+                magnus.track_this(b=2)
+                raise RuntimeError("boom")
+        except RuntimeError:
+            pass
+        assert magnus.flush(10)
+    """, MAGNUS_RUN_ID="fail-ml")
+    run = wait_for(lambda: (r := the_run(uri, "Default", "fail-ml")).info.status == "FAILED"
+                   and r, timeout=120, what="the run FAILED")
+    assert run.data.tags["magnus.step.ok"] == "SUCCESS"
+    assert run.data.tags["magnus.step.bad"] == "FAIL"
