@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import subprocess
 import sys
 import time
@@ -93,30 +92,9 @@ def tb_points(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def _wandb_records(path: Path) -> Iterator[bytes]:
-    """The records of a `.wandb` file (a LevelDB-style log; copied from
-    tests/test_tracker_wandb.py)."""
-    data = path.read_bytes()
-    ident, magic, _version = struct.unpack("<4sHB", data[:7])
-    assert ident == b":W&B" and magic == 0xBEE1, (ident, magic)
-    block, pos, buf = 32768, 7, b""
-    while pos + 7 <= len(data):
-        left = block - (pos % block)
-        if left < 7:  # block trailer
-            pos += left
-            continue
-        _crc, length, typ = struct.unpack("<IHB", data[pos:pos + 7])
-        pos += 7
-        chunk = data[pos:pos + length]
-        pos += length
-        if typ == 1:  # full
-            yield chunk
-        elif typ == 2:  # first
-            buf = chunk
-        elif typ == 3:  # middle
-            buf += chunk
-        elif typ == 4:  # last
-            yield buf + chunk
-            buf = b""
+    from magnusd.trackers.wandb import offline_records
+
+    return offline_records(path)
 
 
 def wandb_rows(base: Path, wandb_id: str) -> list[dict[str, Any]]:

@@ -20,9 +20,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from magnus import _protocol as proto
 
 from conftest import MAGNUSD, Daemon, wait_for
+from magnus import _protocol as proto
 
 N_GOOD = 20_000
 RECV_TIMEOUT = 10.0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MAGNUSD, Daemon, wait_for
+from conftest import MAGNUSD, Daemon
 from magnus import _protocol as proto
 from magnusd import _units
 

@@ -7,7 +7,6 @@ data directory directly, so they work whether or not the daemon runs.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import socket

@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 import msgspec
+
 from magnus import _protocol as proto
 
 from ._config import TrackerDef

@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import msgspec
 from anyio.abc import SocketAttribute, SocketStream
+
 from magnus import _protocol as proto
 
 from ._journal import Journal

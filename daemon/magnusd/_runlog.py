@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+
 from magnus import _protocol as proto
 
 from . import _records as records

@@ -13,7 +13,6 @@ from magnus import _paths
 
 from ._errors import SettingsError
 
-
 ANY_UID = -1
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 
 import anyio
+
 from magnus import _protocol as proto
 
 from ._ingress import Ingress

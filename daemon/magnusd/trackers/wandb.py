@@ -295,3 +295,38 @@ class WandbTracker(BaseExperimentTracker):
             yield wrun
         finally:
             wrun.finish()
+
+
+def offline_records(path: str | os.PathLike[str]) -> Iterator[bytes]:
+    """The serialized records of an offline `.wandb` file (for tests and inspection).
+
+    The file is a LevelDB-style log: a 7-byte header (`:W&B`, magic 0xBEE1, version), then
+    32 KiB blocks of chunks (crc u32, length u16, type u8: full/first/middle/last); each
+    assembled record is a `wandb_internal_pb2.Record`. wandb ≥ 0.2x ships no Python reader.
+    """
+    import struct
+
+    with open(path, "rb") as f:
+        data = f.read()
+    ident, magic, _version = struct.unpack("<4sHB", data[:7])
+    if ident != b":W&B" or magic != 0xBEE1:
+        raise ValueError(f"{path} is not a W&B run file")
+    block, pos, buf = 32768, 7, b""
+    while pos + 7 <= len(data):
+        left = block - (pos % block)
+        if left < 7:  # block trailer
+            pos += left
+            continue
+        _crc, length, typ = struct.unpack("<IHB", data[pos:pos + 7])
+        pos += 7
+        chunk = data[pos:pos + length]
+        pos += length
+        if typ == 1:  # full
+            yield chunk
+        elif typ == 2:  # first
+            buf = chunk
+        elif typ == 3:  # middle
+            buf += chunk
+        elif typ == 4:  # last
+            yield buf + chunk
+            buf = b""
