@@ -65,7 +65,7 @@ class WandbFile:
 
 def offline_runs(base: Path, wandb_id: str) -> list[WandbFile]:
     """Every offline directory of W&B run `wandb_id`, oldest first."""
-    pattern = f"wandb/offline-run-*-{wandb_id}/run-{wandb_id}.wandb"
+    pattern = f"**/wandb/offline-run-*-{wandb_id}/run-{wandb_id}.wandb"  # clients: client-<pid>/
     files = [WandbFile(p) for p in base.glob(pattern)]
     return sorted(files, key=lambda f: f.start)
 

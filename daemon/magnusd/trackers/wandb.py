@@ -11,7 +11,9 @@ environment (`WANDB_API_KEY`, `~/.netrc`) of the daemon; they never appear in th
   eviction resumes the same W&B run: `resume="allow"`). Name = the magnus run id, group = the
   tag (none when empty). At most 16 runs are open at a time; the least recently used is
   finished first. An offline run that is resumed gets another `offline-run-*-<id>` directory
-  with the same id (`wandb sync` merges them).
+  with the same id (`wandb sync` merges them); the daemon never re-opens a run within a
+  second of its last init, since those directories are named by the second. A client context
+  in offline mode writes below `<dir>/client-<pid>/` for the same reason.
 - Steps: W&B keeps one global, increasing `_step` per run and drops rows logged with a lower
   `step=`. The daemon never passes `step=`; instead each magnus key `k` has its own hidden step
   metric `magnus/step/k` (`define_metric(k, step_metric="magnus/step/k")`) and every row that
@@ -135,6 +137,7 @@ class WandbTracker(BaseExperimentTracker):
         super().__init__(config)
         self._wandb: Any = None
         self._runs: OrderedDict[str, _Open] = OrderedDict()  # magnus run id → open W&B run
+        self._inited: dict[str, float] = {}  # magnus run id → monotonic time of its last init
         self._lock = threading.Lock()  # _runs: context_state runs concurrently with delivery
 
     @classmethod
@@ -177,6 +180,16 @@ class WandbTracker(BaseExperimentTracker):
             self.start()
         wandb = self._wandb
         c = self.config
+        # An offline run directory is named by the second of its init: a second init of the
+        # same id within that second would reuse (and overwrite) the first one's file.
+        import time
+
+        wait = self._inited.get(run.run_id, 0.0) + 1.1 - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._inited[run.run_id] = time.monotonic()
+        if len(self._inited) > 4 * MAX_OPEN_RUNS:
+            self._inited.pop(next(iter(self._inited)))
         wrun = wandb.init(
             project=c.project, entity=c.entity, mode=c.mode, dir=self._dir(),
             id=wandb_run_id(run.run_id), name=run.run_id, group=run.tag or None,
@@ -283,6 +296,10 @@ class WandbTracker(BaseExperimentTracker):
         wandb = _import_wandb()
         s = {**self.context_state(run), **(state or {})}
         d = s.get("dir")
+        if d and s.get("mode") == "offline":
+            # never the daemon's directory: offline run directories are named by the second
+            # of their init, and two processes in the same second would share one file
+            d = os.path.join(d, f"client-{os.getpid()}")
         if d:
             with contextlib.suppress(OSError):  # not ours to create: W&B falls back on its own
                 os.makedirs(d, exist_ok=True)
