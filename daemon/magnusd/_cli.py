@@ -247,7 +247,8 @@ def cmd_install_units(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "install-units": cmd_install_units, "status": cmd_status, "runs": cmd_runs, "show": cmd_show,
+COMMANDS = {"serve": cmd_serve, "install-units": cmd_install_units, "status": cmd_status,
+            "runs": cmd_runs, "show": cmd_show,
             "check-config": cmd_check_config}
 
 

@@ -63,7 +63,7 @@ class Journal:
         path = self.path(first)
         data = records.read_file(path)
         good, last, events = 0, first - 1, 0
-        for good, last, events, _ in records.scan(data):
+        for good, last, events, _ in records.scan(data):  # noqa: B007 - keep the last
             pass
         if good == 0 and len(self.segments) > 1:
             events = self._events_at_end_of(self.segments[-2])
@@ -80,7 +80,7 @@ class Journal:
 
     def _events_at_end_of(self, first_seq: int) -> int:
         events = 0
-        for _, _, events, _ in records.scan(records.read_file(self.path(first_seq))):
+        for _, _, events, _ in records.scan(records.read_file(self.path(first_seq))):  # noqa: B007 - keep the last
             pass
         return events
 
@@ -253,7 +253,7 @@ class Reader:
             want = min(limit, self.offset + max(max_bytes - got, 2 << 20))
             data = records.read_file(path, self.offset, want) if want > self.offset else b""
             used = 0
-            for used, seq, mark, payload in records.scan(data):
+            for used, seq, mark, payload in records.scan(data):  # noqa: B007 - keep the last
                 if seq >= self.next_seq:
                     out.append((seq, mark, payload))
                     got += len(payload)

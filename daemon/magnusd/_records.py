@@ -75,7 +75,7 @@ def valid_length(path: str) -> int:
     """Length of the valid prefix of a record file (the offset to truncate a torn tail to)."""
     data = read_file(path)
     good = 0
-    for good, _, _, _ in scan(data):
+    for good, _, _, _ in scan(data):  # noqa: B007 - keep the last
         pass
     return good
 

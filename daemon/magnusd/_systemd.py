@@ -53,7 +53,8 @@ class Notifier:
 
     def reloading(self) -> None:
         # notify-reload wants the reload's CLOCK_MONOTONIC time in the same datagram
-        self.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        now_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send("RELOADING=1", f"MONOTONIC_USEC={now_us}")
 
     def stopping(self) -> None:
         self.send("STOPPING=1")

@@ -227,11 +227,11 @@ class Trackers:
                 recursive=False):
             await self.reload("file changed")
 
-    async def drain(self, timeout: float) -> None:
+    async def drain(self, seconds: float) -> None:
         """At shutdown: let trackers deliver what is pending (bounded), then stop them."""
-        with anyio.move_on_after(timeout):
-            while any(r.status()["pending"] and r.state == "running"
-                      for r in self.runners.values()):
+        with anyio.move_on_after(seconds):
+            while any(r.status()["pending"] and r.state == "running"  # noqa: ASYNC110 - polls
+                      for r in self.runners.values()):                # several runners' state
                 await anyio.sleep(0.05)
         for r in self.runners.values():
             r.stop()

@@ -7,11 +7,11 @@ not change what was recorded.
 
 from __future__ import annotations
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
-
 from ._limits import MAX_FRAME, MAX_KEY_LEN
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds: never on `import magnus`
+    from typing import Any
 
 INT_MIN = -(1 << 63)
 INT_MAX = (1 << 64) - 1  # msgpack's integer range
@@ -25,7 +25,8 @@ def check_key(key: object) -> str:
     if not key:
         raise ValueError("metric key must not be empty")
     if len(key) > MAX_KEY_LEN:
-        raise ValueError(f"metric key {key[:40]!r}... is {len(key)} characters; the limit is {MAX_KEY_LEN}")
+        raise ValueError(f"metric key {key[:40]!r}... is {len(key)} characters; "
+                         f"the limit is {MAX_KEY_LEN}")
     return key
 
 
