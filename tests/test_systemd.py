@@ -161,6 +161,11 @@ def test_socket_activation(make_daemon: Callable[..., Daemon], root: Path) -> No
     d.client("from magnus import track_this, flush\ntrack_this(later=2)\nassert flush(10)",
              MAGNUS_RUN_ID="act1", MAGNUS_STEP_NAME="s")
     assert d.metrics("act1", "s") == {"early": 1, "later": 2}
+    # a second daemon on the activated socket (another data directory) is refused
+    env = {**d.env, "MAGNUS_DATA_DIR": str(root / "data2")}
+    r = subprocess.run([MAGNUSD, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "another daemon is serving" in r.stderr, r.stderr
+    assert d.alive()
     assert d.stop() == 0
     assert Path(d.sock).exists(), "an inherited socket is never unlinked"
     assert "socket-activated" in d.log_text()
