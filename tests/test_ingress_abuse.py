@@ -150,6 +150,15 @@ def _case_table() -> dict[str, tuple[list[bytes], tuple[str, ...], bool]]:
         "negative_step": ([hello(), batch("bad", [(-1, TS, {"x": 1.0})])], ("malformed",),
                           True),
         "empty_key": ([hello(), batch("bad", [(1, TS, {"": 1.0})])], ("malformed",), True),
+        "columnar_lengths": ([hello(), proto.frame(proto.Batch(
+            "raw", 1, "bad", "", "main", [], True, ["x"], [1, 2], [TS], [1.0, 2.0]))],
+            ("columnar",), True),
+        "columnar_two_keys": ([hello(), proto.frame(proto.Batch(
+            "raw", 1, "bad", "", "main", [], True, ["x", "y"], [1], [TS], [1.0]))],
+            ("columnar",), True),
+        "columnar_bytes_value": ([hello(), proto.frame(proto.Batch(
+            "raw", 1, "bad", "", "main", [], True, ["x"], [1], [TS], [b"\x00"]))],
+            ("malformed",), True),
         "batch_before_hello": ([batch("bad", GOOD_BATCH)], ("hello",), False),
         "mark_before_hello": ([proto.frame(proto.StepMark("raw", 1, "bad", "", "main", "start",
                                                           TS))], ("hello",), False),

@@ -117,3 +117,21 @@ def test_uncaught_exception_marks_the_implicit_step_failed(daemon: Daemon) -> No
     assert log is not None
     assert log["steps"]["s"]["user_defined_metrics"] == {"a": 1}
     assert log["steps"]["s"]["status"] == "FAIL"
+
+
+def test_columnar_and_row_batches_mean_the_same(daemon: Daemon) -> None:
+    """One key per call goes columnar on the wire; mixed keys go as rows: same run log."""
+    daemon.client("""
+        from magnus import track_this, flush
+        for i in range(1, 101):
+            track_this(step=i, loss=i / 2)          # one key per call
+        assert flush(10)
+        for i in range(1, 101):
+            track_this(step=i, loss=i / 2, acc=i)   # two keys per call
+        track_this(step=7, loss="seven")            # a later value of another type wins
+        assert flush(10)
+    """, MAGNUS_RUN_ID="col1", MAGNUS_STEP_NAME="s")
+    m = daemon.metrics("col1", "s") or {}
+    assert {k: v for k, v in m.items() if k.startswith("loss_")} == {
+        f"loss_{i}": ("seven" if i == 7 else i / 2) for i in range(1, 101)}
+    assert len([k for k in m if k.startswith("acc_")]) == 100

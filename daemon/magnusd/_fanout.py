@@ -116,7 +116,7 @@ def to_ops(batch: list[tuple[int, int, bytes]]) -> list[Op]:
         events: list[Event] = []
         if msg.track:
             r, t, s = msg.run_id, msg.tag, msg.step_name
-            for step, ts, metrics in msg.records:
+            for step, ts, metrics in msg.rows():
                 for k, v in metrics.items():
                     events.append(Event(r, t, s, k, v, step, ts))
         if cur is not None and len(cur.events) + len(events) <= OP_EVENTS:
@@ -268,6 +268,6 @@ def start_cursor(journal: Journal, backfill: bool) -> Cursor:
         return Cursor(journal.last_seq, journal.events)
     seq, mark, payload = batch[0]
     msg = _decoder.decode(payload)
-    n = len(msg.records) if type(msg) is proto.Batch and msg.track else 0
+    n = msg.count() if type(msg) is proto.Batch and msg.track else 0
     return Cursor(seq - 1, mark - n)
 

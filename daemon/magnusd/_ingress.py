@@ -103,9 +103,12 @@ class Ingress:
                 if hello is None:
                     error = "the first message must be hello"
                     break
+                if t is proto.Batch and msg.keys and (problem := msg.malformed()):
+                    error = f"malformed message: {problem}"
+                    break
                 if self.dedup.admit(msg.client_id, msg.seq):
                     to_journal.append(p)
-                    n = len(msg.records) if t is proto.Batch and msg.track else 0
+                    n = msg.count() if t is proto.Batch and msg.track else 0
                     counts.append(n)
                     nrec += n
             elif hello is None and t is not proto.Hello:

@@ -70,7 +70,7 @@ class _Fold:
         st = self.step(msg.step_name)
         if type(msg) is proto.Batch:
             udm = st["user_defined_metrics"]
-            for step, ts, metrics in msg.records:
+            for step, ts, metrics in msg.rows():
                 if step == 0:
                     udm.update(metrics)
                 else:

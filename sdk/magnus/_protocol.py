@@ -58,6 +58,29 @@ class Batch(msgspec.Struct, tag="batch", array_like=True):
     step_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     records: list[Record]
     track: bool = True
+    # Columnar form (records empty): every call tracked the same single key, so the key is sent
+    # once and steps, times and values as typed arrays — several times cheaper to validate.
+    keys: list[Key] = []
+    steps: list[Step] = []
+    ts: list[float] = []
+    values: list[Value] = []
+
+    def count(self) -> int:
+        return len(self.steps) if self.keys else len(self.records)
+
+    def rows(self) -> list[tuple[int, float, dict[str, Any]]]:
+        """The records, whichever form they came in."""
+        if not self.keys:
+            return self.records
+        key = self.keys[0]
+        return [(s, t, {key: v}) for s, t, v in zip(self.steps, self.ts, self.values,
+                                                     strict=True)]
+
+    def malformed(self) -> str | None:
+        if self.keys and (len(self.keys) != 1 or self.records
+                          or not len(self.steps) == len(self.ts) == len(self.values)):
+            return "a columnar batch needs one key and steps, ts and values of one length"
+        return None
 
 
 class StepMark(msgspec.Struct, tag="mark", array_like=True):
