@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench clean systemd-analyze
+.PHONY: run test bench lint clean systemd-analyze
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,9 +27,16 @@ test: $(VENV)/.installed-test systemd-analyze
 systemd-analyze:
 	@command -v systemd-analyze >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; } || echo "systemd-analyze is not available: the unit-file checks will be skipped"
 
+lint: $(VENV)/.installed-test
+	$(BIN)/python -m pip install -q ruff mypy
+	$(BIN)/ruff check sdk daemon
+	$(BIN)/mypy sdk/magnus daemon/magnusd
+
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/track_this.py
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/swap.py
+	$(BIN)/python benchmarks/trackers.py
 
 clean:
 	rm -rf $(VENV) build dist

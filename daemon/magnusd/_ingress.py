@@ -24,6 +24,7 @@ import msgspec
 from anyio.abc import SocketAttribute, SocketStream
 
 from magnus import _protocol as proto
+from magnus._limits import MAX_FRAME
 
 from ._journal import Journal
 
@@ -67,7 +68,7 @@ class Ingress:
     def __init__(self, journal: Journal, dedup: Dedup, allowed_uids: set[int],
                  status: Callable[[], dict[str, Any]],
                  context: Callable[[proto.ContextRequest], Awaitable[proto.ContextReply]],
-                 max_frame: int = proto.MAX_FRAME) -> None:
+                 max_frame: int = MAX_FRAME) -> None:
         self.journal = journal
         self.dedup = dedup
         self.allowed_uids = allowed_uids
@@ -98,25 +99,25 @@ class Ingress:
             except (msgspec.DecodeError, ValueError) as e:
                 error = f"malformed message: {e}"
                 break
-            t = type(msg)
-            if t is proto.Batch or t is proto.StepMark:
+            if isinstance(msg, (proto.Batch, proto.StepMark)):
                 if hello is None:
                     error = "the first message must be hello"
                     break
-                if t is proto.Batch and msg.keys and (problem := msg.malformed()):
+                batch = msg if isinstance(msg, proto.Batch) else None
+                if batch is not None and batch.keys and (problem := batch.malformed()):
                     error = f"malformed message: {problem}"
                     break
                 if self.dedup.admit(msg.client_id, msg.seq):
                     to_journal.append(p)
-                    n = msg.count() if t is proto.Batch and msg.track else 0
+                    n = batch.count() if batch is not None and batch.track else 0
                     counts.append(n)
                     nrec += n
-            elif hello is None and t is not proto.Hello:
+            elif hello is None and not isinstance(msg, proto.Hello):
                 error = "the first message must be hello"
                 break
-            elif t is proto.Sync:
+            elif isinstance(msg, proto.Sync):
                 syncs.append(msg)
-            elif t is proto.Hello:
+            elif isinstance(msg, proto.Hello):
                 if hello is not None:
                     error = "hello sent twice"
                     break
@@ -126,10 +127,10 @@ class Ingress:
                     break
                 hello = msg
                 other.append(msg)
-            elif t is proto.StatusRequest or t is proto.ContextRequest:
+            elif isinstance(msg, (proto.StatusRequest, proto.ContextRequest)):
                 other.append(msg)
             else:
-                error = f"unexpected {t.__name__} message from a client"
+                error = f"unexpected {type(msg).__name__} message from a client"
                 break
         if to_journal:
             self.journal.append(to_journal, counts)

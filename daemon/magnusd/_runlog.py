@@ -90,8 +90,9 @@ class _Fold:
             st["attempts"].append(att)
             self.open[key] = att
         else:
-            att = self.open.pop(key, None)
-            if att is None:  # the start was never seen: record the end alone
+            found = self.open.pop(key, None)
+            att = found if found is not None else {}
+            if found is None:  # the start was never seen: record the end alone
                 att = {"start_time": None, "end_time": None, "status": "PROCESSING"}
                 st["attempts"].append(att)
             att["end_time"] = _iso(m.ts)

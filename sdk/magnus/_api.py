@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 from . import _client
 from ._validate import INT_MAX, INT_MIN, check_step, check_value
 
 _buffer = _client.buffer
 _CLIENT = _client.CLIENT
 _MAX_BUFFER = _client.MAX_BUFFER
-_time = _client.time.time
+_time = time.time
 _SCALAR = frozenset({float, bool, type(None)})
 
 
@@ -90,7 +93,7 @@ class step:
                  tb: TracebackType | None) -> None:
         c = _CLIENT
         outer, ctx = self._stack.pop()
-        env = _client.env_metrics(_client.os.environ)
+        env = _client.env_metrics(os.environ)
         if env:
             c.add_mark(_client.Mark("env", ctx, ctx, metrics=env))
         c.add_mark(_client.Mark("end", ctx, outer, "FAIL" if et is not None else "SUCCESS"))

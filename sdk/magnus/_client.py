@@ -184,7 +184,7 @@ class Client:
 
         self.warm()  # off the caller's path
         while True:
-            rlist = [self.wake_r] if self.sock is None else [self.wake_r, self.sock]
+            rlist: list[Any] = [self.wake_r] if self.sock is None else [self.wake_r, self.sock]
             try:
                 ready, _, _ = select.select(rlist, [], [], FLUSH_INTERVAL)
             except (OSError, ValueError):
@@ -308,6 +308,7 @@ class Client:
         import socket
 
         proto = _proto()
+        assert self.paths is not None  # warm() ran first
         path = self.paths[0]
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -435,6 +436,7 @@ class Client:
         if not todo:
             return
         data = b"".join(f for _, f, _ in todo)
+        assert self.paths is not None  # warm() ran first
         directory = self.paths[1]
         name = f"{old_id}-{todo[0][0]}"
         try:

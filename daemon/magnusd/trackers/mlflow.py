@@ -110,7 +110,7 @@ class MlflowTracker(BaseExperimentTracker):
             with open(path) as f:
                 saved = json.load(f)
             if saved.get("tracking_uri") == self.config.tracking_uri:
-                self._runs = {tuple(k.split("\x00", 1)): v  # type: ignore[misc]
+                self._runs = {(k.split("\x00", 1)[0], k.split("\x00", 1)[1]): v
                               for k, v in saved["runs"].items()}
 
     def _save_state(self) -> None:
@@ -143,10 +143,10 @@ class MlflowTracker(BaseExperimentTracker):
                 [exp_id], filter_string=f"tags.`magnus.run_id` = '{_quote(run.run_id)}'",
                 max_results=1)
             if hits:
-                run_id = hits[0].info.run_id
+                run_id = str(hits[0].info.run_id)
             else:
-                run_id = client.create_run(exp_id, run_name=run.run_id, tags={
-                    "magnus.run_id": run.run_id, "magnus.tag": run.tag}).info.run_id
+                run_id = str(client.create_run(exp_id, run_name=run.run_id, tags={
+                    "magnus.run_id": run.run_id, "magnus.tag": run.tag}).info.run_id)
             self._runs[key] = run_id
             self._save_state()
             return run_id
