@@ -234,3 +234,36 @@ def remove_tree(path: Path, keep: bool) -> None:
         print(f"(kept {path})", file=sys.stderr)
     else:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def start_clients(script: str, arg: str, d: Daemon, run_ids: list[str], cspool: str
+                  ) -> list[subprocess.Popen[str]]:
+    procs = []
+    for rid in run_ids:
+        env = clean_env(MAGNUS_SOCKET=d.sock, MAGNUS_DATA_DIR=d.data, MAGNUS_CONFIG=d.config,
+                          MAGNUS_RUN_ID=rid, MAGNUS_SPOOL_DIR=cspool)
+        procs.append(subprocess.Popen([PY, script, arg], env=env, text=True,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE))
+    for p in procs:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"client not ready: {line!r} "
+                               f"{p.stderr.read() if p.stderr else ''}")
+    return procs
+
+
+def send(procs: list[subprocess.Popen[str]], text: str) -> None:
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(text)
+        p.stdin.flush()
+
+
+def finish(d: Daemon, root: Path, keep: bool, res: dict[str, Any]) -> None:
+    """Stop the daemon, note how it went in `res`, and remove the run's files."""
+    res["daemon_exit"] = d.stop()
+    res["stop_s"] = d.stop_s
+    res["daemon_log_problems"] = d.log_problems()
+    remove_tree(root, keep)

@@ -70,25 +70,11 @@ def one(nclients: int, total: int, profile: str, keep: bool) -> dict[str, Any]:
     try:
         d.start()
         assert d.proc is not None
-        for rid in run_ids:
-            env = C.clean_env(MAGNUS_SOCKET=d.sock, MAGNUS_DATA_DIR=d.data,
-                              MAGNUS_CONFIG=d.config, MAGNUS_RUN_ID=rid,
-                              MAGNUS_SPOOL_DIR=str(root / "cspool"))
-            procs.append(subprocess.Popen([C.PY, CLIENT, str(per)], env=env, text=True,
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE))
-        for p in procs:
-            assert p.stdout is not None
-            line = p.stdout.readline()
-            if line.strip() != "ready":
-                raise RuntimeError(f"client not ready: {line!r} {p.stderr.read() if p.stderr else ''}")
+        procs = C.start_clients(CLIENT, str(per), d, run_ids, str(root / "cspool"))
         base = d.status()
         cpu0 = cpu_seconds(d.proc.pid)
         t_release = time.monotonic()
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
+        C.send(procs, "go\n")
         t_applied, st = d.wait_applied(base["events_total"] + total, timeout=300, every=0.01)
         cpu1 = cpu_seconds(d.proc.pid)
         outs = []

@@ -138,31 +138,6 @@ def exactly_once(seen: Counter[tuple[str, int]], expected: dict[str, int]) -> di
     return {"missing": missing, "duplicates": dups, "unexpected": unexpected}
 
 
-def start_clients(script: str, arg: str, d: C.Daemon, run_ids: list[str], cspool: str
-                  ) -> list[subprocess.Popen[str]]:
-    procs = []
-    for rid in run_ids:
-        env = C.clean_env(MAGNUS_SOCKET=d.sock, MAGNUS_DATA_DIR=d.data, MAGNUS_CONFIG=d.config,
-                          MAGNUS_RUN_ID=rid, MAGNUS_SPOOL_DIR=cspool)
-        procs.append(subprocess.Popen([C.PY, script, arg], env=env, text=True,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE))
-    for p in procs:
-        assert p.stdout is not None
-        line = p.stdout.readline()
-        if line.strip() != "ready":
-            raise RuntimeError(f"client not ready: {line!r} "
-                               f"{p.stderr.read() if p.stderr else ''}")
-    return procs
-
-
-def send(procs: list[subprocess.Popen[str]], text: str) -> None:
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write(text)
-        p.stdin.flush()
-
-
 def collect(procs: list[subprocess.Popen[str]], res: dict[str, Any]) -> list[dict[str, Any]]:
     outs = []
     for p in procs:
@@ -215,8 +190,8 @@ def case_swap(rate: float, swaps: int, keep: bool) -> dict[str, Any]:
         d.start()
         C.wait_for(lambda: (t := tracker(d.status(), "main")) and t["state"] == "running", 10,
                    0.02, "tracker main running")
-        procs = start_clients(STEADY, str(rate), d, [run_id], str(root / "cspool"))
-        send(procs, "go\n")
+        procs = C.start_clients(STEADY, str(rate), d, [run_id], str(root / "cspool"))
+        C.send(procs, "go\n")
         first_line(main_paths[0], 10)  # flowing
         time.sleep(0.5)
         extra: dict[str, Any] | None = None
@@ -249,7 +224,7 @@ def case_swap(rate: float, swaps: int, keep: bool) -> dict[str, Any]:
             print(f"  swap {k:2d} ({kind}): first line after {t_seen - t_rep:.3f} s",
                   file=sys.stderr)
             time.sleep(0.3)  # let the previous change settle (and its debounce window pass)
-        send(procs, "stop\n")
+        C.send(procs, "stop\n")
         outs = collect(procs, res)
         n = outs[0]["n"]
         res.update(events=n, flush_ok=outs[0]["flush_ok"], max_burst=outs[0]["max_burst"],
@@ -290,10 +265,10 @@ def case_fanout(nclients: int, per: int, with_tracker: bool, keep: bool) -> dict
         if with_tracker:
             C.wait_for(lambda: (t := tracker(d.status(), "main")) and t["state"] == "running",
                        10, 0.02, "tracker main running")
-        procs = start_clients(INGEST, str(per), d, run_ids, str(root / "cspool"))
+        procs = C.start_clients(INGEST, str(per), d, run_ids, str(root / "cspool"))
         base = d.status()
         cpu0 = cpu_seconds(d.proc.pid)
-        send(procs, "go\n")
+        C.send(procs, "go\n")
         t_runlog = t_fan = None
         max_pending = 0
         end = time.monotonic() + 300

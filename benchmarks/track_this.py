@@ -81,13 +81,7 @@ def case_up(n: int, keep: bool) -> dict[str, Any]:
             client_spool) else 0
         res["daemon_rss_kb"] = d.rss_kb()
     finally:
-        res_rc = d.stop()
-        stop_s = d.stop_s
-        problems = d.log_problems()
-        C.remove_tree(root, keep)
-    res["daemon_exit"] = res_rc
-    res["stop_s"] = stop_s
-    res["daemon_log_problems"] = problems
+        C.finish(d, root, keep, res)
     return res
 
 
@@ -99,7 +93,6 @@ def case_down(n: int, keep: bool) -> dict[str, Any]:
     d = C.Daemon(root, spool_dir=str(spool))
     env = C.clean_env(MAGNUS_SOCKET=str(root / "s" / "none.sock"), MAGNUS_DATA_DIR=d.data,
                       MAGNUS_CONFIG=d.config, MAGNUS_SPOOL_DIR=str(spool), MAGNUS_RUN_ID=run_id)
-    res_rc = None
     try:
         res = run_client("magnus", n, env)
         files = sorted(spool.glob("*.spool"))
@@ -118,13 +111,7 @@ def case_down(n: int, keep: bool) -> dict[str, Any]:
         res["verify"] = verify_run(d, run_id, n)
         res["daemon_rss_kb"] = d.rss_kb()
     finally:
-        res_rc = d.stop()
-        stop_s = d.stop_s
-        problems = d.log_problems()
-        C.remove_tree(root, keep)
-    res["daemon_exit"] = res_rc
-    res["stop_s"] = stop_s
-    res["daemon_log_problems"] = problems
+        C.finish(d, root, keep, res)
     return res
 
 
