@@ -27,11 +27,6 @@ class TrackerDef(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     def key(self) -> str:
         return self.name or self.type
 
-    def to_builtins(self) -> dict[str, Any]:
-        out: dict[str, Any] = msgspec.to_builtins(self)
-        out["name"] = self.key
-        return out
-
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     experiment_tracker: TrackerDef | list[TrackerDef] | None = None

@@ -8,7 +8,8 @@ run's tag, or "Default" when it has none).
   directory (and found again by the `magnus.run_id` tag), so restarts and every process of a run
   write to the same MLflow run. A step end sets the run FINISHED, or FAILED once any step failed;
   events that arrive later set it RUNNING again.
-- Values: int/float (not bool) → metrics at their step, with their timestamp. str → tag; bool and
+- Values: int/float (not bool) → metrics at their step, with their timestamp (NaN and ±inf as
+  they are: MLflow stores them). str → tag; bool and
   None → tag "true"/"false"/"null" (MLflow params are immutable, tags are not; the latest value of
   a key wins, the magnus run log keeps every step). dict → flattened to dotted keys, then the same
   rules per leaf. list → JSON-string tag. Tag values over MLflow's 8,000 characters are cut there
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import posixpath
 import re
@@ -195,9 +195,6 @@ class MlflowTracker(BaseExperimentTracker):
                 self._client.update_run(run_id, status="RUNNING")
                 del self._terminated[run_id]
             self._send(run_id, metrics, [RunTag(k, v) for k, v in tags.items()])
-            for k in tags:
-                if k.startswith("magnus.step."):
-                    pass
             self._steps.update((run_id, e.step_name) for e in events)
 
     def _send(self, run_id: str, metrics: list[Any], tags: list[Any]) -> None:
@@ -234,5 +231,3 @@ class MlflowTracker(BaseExperimentTracker):
 def _quote(s: str) -> str:
     return s.replace("\\", "\\\\").replace("'", "\\'")
 
-
-_ = math  # NaN and ±inf are sent as they are: MLflow stores them
