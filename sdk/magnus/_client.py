@@ -262,14 +262,16 @@ class Client:
                       out: list[tuple[int, bytes, int]]) -> None:
         proto = _proto()
         seq = self.seq + 1
-        msg = proto.Batch(self.client_id, seq, ctx.run_id, ctx.tag, ctx.step_name, recs, track)
         first = recs[0][2]
-        if track and len(first) == 1:  # one key in every call: the columnar form
-            (key,) = first
-            if all(len(m) == 1 and key in m for _, _, m in recs):
-                msg = proto.Batch(self.client_id, seq, ctx.run_id, ctx.tag, ctx.step_name, [],
-                                  track, [key], [r[0] for r in recs], [r[1] for r in recs],
-                                  [r[2][key] for r in recs])
+        key = next(iter(first)) if len(first) == 1 else None
+        if track and key is not None and all(len(m) == 1 and key in m for _, _, m in recs):
+            # one key in every call: the columnar form, several times cheaper to validate
+            msg = proto.Batch(self.client_id, seq, ctx.run_id, ctx.tag, ctx.step_name, [],
+                              track, [key], [r[0] for r in recs], [r[1] for r in recs],
+                              [r[2][key] for r in recs])
+        else:
+            msg = proto.Batch(self.client_id, seq, ctx.run_id, ctx.tag, ctx.step_name, recs,
+                              track)
         try:
             payload = proto.encoder.encode(msg)
         except (TypeError, ValueError, OverflowError) as e:  # validated at the call site
