@@ -22,6 +22,7 @@ class TrackerDef(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     name: str | None = None
     config: dict[str, Any] = {}
     backfill: bool = False
+    context: bool = False  # the tracker get_experiment_tracker_context() uses
 
     @property
     def key(self) -> str:
@@ -84,6 +85,10 @@ def parse(text: str, path: str, environ: Mapping[str, str]) -> Config:
     names = [t.key for t in cfg.trackers]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"$.experiment_tracker: two trackers are named {dup!r} (set `name:`)")
+    chosen = [t.key for t in cfg.trackers if t.context]
+    if len(chosen) > 1:
+        problems.append("$.experiment_tracker: `context: true` is set on more than one tracker "
+                        f"({', '.join(chosen)}); get_experiment_tracker_context() uses one")
     if problems:
         raise ConfigError(path, problems)
     return cfg

@@ -115,10 +115,10 @@ def to_ops(batch: list[tuple[int, int, bytes]]) -> list[Op]:
             continue
         events: list[Event] = []
         if msg.track:
-            r, t, s = msg.run_id, msg.tag, msg.step_name
+            r, t, s, rank = msg.run_id, msg.tag, msg.step_name, msg.rank
             for step, ts, metrics in msg.rows():
                 for k, v in metrics.items():
-                    events.append(Event(r, t, s, k, v, step, ts))
+                    events.append(Event(r, t, s, k, v, step, ts, rank))
         if cur is not None and len(cur.events) + len(events) <= OP_EVENTS:
             cur.events.extend(events)
             cur.seq, cur.mark = seq, mark
@@ -157,7 +157,8 @@ class Runner:
         return {"name": self.name, "type": self.defn.type, "state": self.state,
                 "pending": max(self.journal.events - self.cursor.mark, 0),
                 "delivered": self.delivered, "errors": self.errors,
-                "last_error": self.last_error, "cursor": self.cursor.seq}
+                "last_error": self.last_error, "cursor": self.cursor.seq,
+                "caught_up": self.cursor.seq >= self.journal.last_seq}
 
     def stop(self) -> None:
         """Finish the op in hand (or give up a failing one), then stop."""

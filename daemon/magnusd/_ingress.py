@@ -79,6 +79,7 @@ class Ingress:
         self.events_total = 0
         self.messages_total = 0
         self.refused_total = 0
+        self.on_close: Callable[[], None] | None = None  # a client left (the reaper looks)
 
     def take(self, payloads: list[bytes], hello: proto.Hello | None
              ) -> tuple[int, list[proto.Sync], list[Any], proto.Hello | None, str | None]:
@@ -161,6 +162,8 @@ class Ingress:
                             pass  # the writer found the client gone
             finally:
                 self.clients -= 1
+                if self.on_close is not None:
+                    self.on_close()
 
     async def _reader(self, stream: SocketStream, out: Any, peer: tuple[int, int, int] | None
                       ) -> None:

@@ -6,8 +6,8 @@ appends the record unchanged to `runs/<run>/log`, and notes new steps and step m
 whatever the size of the run, and the daemon's memory does not grow with history. The RunLog is
 assembled when it is read (`_runlog.py`).
 
-`runlog.checkpoint` holds the journal seq up to which every run file is fsynced; a restart
-replays the journal from there. Replaying a record twice is harmless: the fold is "later value
+`runlog.checkpoint` holds the journal seq up to which every run file is fsynced, and the
+attempts open at that seq (`_attempts.py`); a restart replays the journal from there. Replaying a record twice is harmless: the fold is "later value
 wins" over a suffix replayed in order. A torn tail of a run file is truncated the first time the
 applier opens it after a start.
 """
@@ -20,11 +20,15 @@ import os
 import time
 import urllib.parse
 from collections import OrderedDict
+from typing import Any
 
 import anyio
 import msgspec
 
+from magnus import _protocol as proto
+
 from . import _records as records
+from ._attempts import OpenAttempts
 from ._journal import Journal, Reader
 
 log = logging.getLogger("magnusd.runstore")
@@ -62,6 +66,7 @@ class StepSeen(msgspec.Struct, tag="seen", array_like=True):
 
 
 head_decoder = msgspec.msgpack.Decoder(BatchHead | MarkHead)
+_mark_decoder = msgspec.msgpack.Decoder(proto.StepMark)
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -75,19 +80,24 @@ def run_id_from_dirname(name: str) -> str:
     return urllib.parse.unquote(name)
 
 
-def read_checkpoint(data_dir: str) -> int:
+def load_checkpoint(data_dir: str) -> dict[str, Any]:
     try:
         with open(os.path.join(data_dir, CHECKPOINT), "rb") as f:
-            return int(json.load(f)["applied_seq"])
+            return dict(json.load(f))
     except FileNotFoundError:
-        return 0
+        return {"applied_seq": 0}
 
 
-def write_checkpoint(data_dir: str, seq: int) -> None:
+def read_checkpoint(data_dir: str) -> int:
+    return int(load_checkpoint(data_dir)["applied_seq"])
+
+
+def write_checkpoint(data_dir: str, seq: int, open_attempts: list[Any] | None = None) -> None:
     path = os.path.join(data_dir, CHECKPOINT)
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"applied_seq": seq}, f)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w") as f:
+        json.dump({"applied_seq": seq, "open_attempts": open_attempts or []}, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -109,7 +119,9 @@ class RunStore:
         self.data_dir = data_dir
         self.runs_dir = os.path.join(data_dir, "runs")
         os.makedirs(self.runs_dir, mode=0o700, exist_ok=True)
-        self.applied_seq = read_checkpoint(data_dir)  # last seq written to run files
+        checkpoint = load_checkpoint(data_dir)
+        self.applied_seq = int(checkpoint["applied_seq"])  # last seq written to run files
+        self.attempts = OpenAttempts.load(checkpoint.get("open_attempts"))
         self.durable_seq = self.applied_seq  # last seq covered by the checkpoint
         self.run_config = run_config or {"experiment_tracker": []}
         self._fds: OrderedDict[str, int] = OrderedDict()
@@ -148,6 +160,7 @@ class RunStore:
                 by_file.setdefault(os.path.join(rdir, "index"), []).append((seq, index))
             if type(h) is MarkHead:
                 by_file.setdefault(os.path.join(rdir, "index"), []).append((seq, payload))
+                self.attempts.note(_mark_decoder.decode(payload))
         for path, items in by_file.items():
             records.write_all(self._fd(path), records.encode_many(items))
             self._dirty.add(path)
@@ -187,7 +200,7 @@ class RunStore:
             if fd is not None:
                 os.fsync(fd)
         self._dirty.clear()
-        write_checkpoint(self.data_dir, self.applied_seq)
+        write_checkpoint(self.data_dir, self.applied_seq, self.attempts.dump())
         self.durable_seq = self.applied_seq
         self._last_checkpoint = time.monotonic()
 

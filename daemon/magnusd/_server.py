@@ -20,8 +20,10 @@ import anyio
 from anyio.abc import SocketListener
 
 from magnus import _protocol as proto
+from magnus._identity import host_from
 
 from . import _spool
+from ._attempts import Reaper
 from ._errors import AlreadyRunning, SettingsError
 from ._ingress import Dedup, Ingress
 from ._journal import Journal, Reader
@@ -108,6 +110,8 @@ class Daemon:
                                self.context)
         self.trackers = Trackers(self.journal, settings.data_dir, settings.config, environ)
         self.store: RunStore | None = None
+        self.reaper: Reaper | None = None
+        self.host = host_from(environ)
         self.cap_hit = False
         self.cap_deleted_segments = 0
         self.notifier = Notifier(environ)
@@ -141,6 +145,8 @@ class Daemon:
                         "cap_deleted_segments": self.cap_deleted_segments},
             "runlog": {"applied_seq": store.applied_seq if store else 0,
                        "checkpoint_seq": store.durable_seq if store else 0},
+            "attempts": {"open": len(store.attempts.open) if store else 0,
+                         "closed_dead": self.reaper.closed_total if self.reaper else 0},
             "messages_total": self.ingress.messages_total,
             "duplicates_skipped": self.dedup.skipped,
             "refused_clients": self.ingress.refused_total,
@@ -149,10 +155,12 @@ class Daemon:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def context(self, req: proto.ContextRequest) -> proto.ContextReply:
-        """The first usable tracker, for a client's get_experiment_tracker_context()."""
+        """The tracker marked `context: true` (else the first usable one), for a client's
+        get_experiment_tracker_context()."""
         with anyio.move_on_after(60):  # right after start, trackers may still be loading
             await self.trackers.loaded.wait()
-        for r in self.trackers.runners.values():
+        runners = sorted(self.trackers.runners.values(), key=lambda r: not r.defn.context)
+        for r in runners:
             if r.tracker is None:
                 continue
             run = RunInfo(req.run_id, req.tag, req.step_name)
@@ -232,6 +240,10 @@ class Daemon:
                 if n:
                     log.info("ingested %d spooled event(s)", n)
                 tg.start_soon(_spool.watch, self.settings.spool_dir, self.ingress, self.stopping)
+                self.reaper = Reaper(self.journal, store.attempts, lambda: store.applied_seq,
+                                     self.host, self.settings.spool_dir)
+                self.ingress.on_close = self.reaper.wake
+                tg.start_soon(self.reaper.run)
                 tg.start_soon(self._listen, listener)
                 tg.start_soon(self._watchdog)
                 tg.start_soon(self._status_line)

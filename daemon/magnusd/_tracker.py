@@ -32,7 +32,12 @@ class RunInfo(msgspec.Struct, frozen=True):
 
 
 class Event(msgspec.Struct):
-    """One tracked value, as trackers receive it."""
+    """One tracked value, as trackers receive it.
+
+    `rank` is the sending process's rank in a distributed job (None outside one). Values of
+    a rank other than 0 must never overwrite rank 0's: log them under `name`
+    (`rank<r>/<key>`), as the built-in trackers and the default `log_batch` do.
+    """
 
     run_id: str
     tag: str
@@ -41,10 +46,16 @@ class Event(msgspec.Struct):
     value: Any
     step: int
     timestamp: float
+    rank: int | None = None
 
     @property
     def run(self) -> RunInfo:
         return RunInfo(self.run_id, self.tag, self.step_name)
+
+    @property
+    def name(self) -> str:
+        """The key to log under: `key` for rank 0 (or no rank), else `rank<r>/<key>`."""
+        return f"rank{self.rank}/{self.key}" if self.rank else self.key
 
 
 class NoConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -97,7 +108,7 @@ class BaseExperimentTracker:
         """Deliver a batch, in order. Override for speed; the default calls `log_metric`."""
         for e in events:
             self.run = e.run
-            self.log_metric(e.key, e.value, e.step)
+            self.log_metric(e.name, e.value, e.step)
 
     # -- the SDK side -----------------------------------------------------------------------
 

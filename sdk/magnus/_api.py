@@ -68,14 +68,16 @@ class step:
         if type(name) is not str or not name:
             raise ValueError("step name must be a non-empty str")
         self.name = name
-        self._stack: list[tuple[_client.Ctx, _client.Ctx]] = []  # (outer, own) per entry
+        # (outer, own, pid) per entry: a forked child leaving the block does not end its
+        # parent's attempt
+        self._stack: list[tuple[_client.Ctx, _client.Ctx, int]] = []
 
     def __enter__(self) -> step:
         c = _CLIENT
         c.start()
         outer = c.current()
-        ctx = _client.Ctx(outer.run_id, outer.tag, self.name, True)
-        self._stack.append((outer, ctx))
+        ctx = _client.Ctx(outer.run_id, outer.tag, self.name, True, c.new_attempt())
+        self._stack.append((outer, ctx, os.getpid()))
         c.add_mark(_client.Mark("start", ctx, ctx))
         return self
 
@@ -92,11 +94,12 @@ class step:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         c = _CLIENT
-        outer, ctx = self._stack.pop()
-        env = _client.env_metrics(os.environ)
-        if env:
-            c.add_mark(_client.Mark("env", ctx, ctx, metrics=env))
-        c.add_mark(_client.Mark("end", ctx, outer, "FAIL" if et is not None else "SUCCESS"))
+        outer, ctx, pid = self._stack.pop()
+        if pid != os.getpid():
+            return
+        c.add_env_metrics(ctx)
+        ok = et is None or (et is SystemExit and getattr(ev, "code", None) in (0, None))
+        c.add_mark(_client.Mark("end", ctx, outer, "SUCCESS" if ok else "FAIL"))
 
 
 class _TrackerContext:

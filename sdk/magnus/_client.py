@@ -11,16 +11,25 @@ when the bound is reached, when `flush()` needs durability, and at exit; the dae
 files. After spooling, the client takes a new `client_id`, so each id's messages reach the
 journal as one in-order stream and the daemon's last-seq check stays exact.
 
+Attempts (design §7): one process running one step. An explicit `step()` is an attempt of its
+own; the implicit step (`MAGNUS_STEP_NAME`, else "main") becomes one when this process first
+records into it. Forked and multiprocessing children work inside their parent's step and open
+no implicit attempt (a pool that terminates its idle workers must not fail the run); the parent
+opens its implicit attempt before it forks. Attempt ids are made here, never from the
+connection or client id, so a restart, reconnect or spool never splits an attempt.
+
 Locks are never held across I/O, so `os.fork()` can always take them (`register_at_fork`).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
 import time
 
+from ._identity import env_metrics, host_from, new_run_id, process_start_ticks, rank_from, run_id_from
 from ._paths import socket_path, spool_dir
 
 TYPE_CHECKING = False
@@ -43,16 +52,19 @@ buffer: list[Any] = []
 
 
 class Ctx:
-    """Identity of the records that follow it in the buffer."""
+    """Identity of the records that follow it in the buffer (`attempt` empty when implicit)."""
 
-    __slots__ = ("run_id", "tag", "step_name", "explicit")
+    __slots__ = ("run_id", "tag", "step_name", "explicit", "attempt")
 
-    def __init__(self, run_id: str, tag: str, step_name: str, explicit: bool) -> None:
+    def __init__(self, run_id: str, tag: str, step_name: str, explicit: bool,
+                 attempt: str = "") -> None:
         self.run_id, self.tag, self.step_name, self.explicit = run_id, tag, step_name, explicit
+        self.attempt = attempt
 
 
 class Mark:
-    """A non-metric entry in the buffer: step start/end or environment metrics."""
+    """A non-metric entry in the buffer: step start/end, environment metrics, or "claim" (open
+    the implicit attempt of `ctx` now: the process is about to fork)."""
 
     __slots__ = ("kind", "ctx", "after", "status", "ts", "metrics")
 
@@ -63,28 +75,24 @@ class Mark:
         self.metrics = metrics
 
 
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S-") + os.urandom(3).hex()
+class Proc:
+    """This process as attempts name it (computed off the caller's path, again after fork)."""
 
+    __slots__ = ("host", "pid", "pid_start", "rank")
 
-def env_metrics(environ: Any) -> dict[str, Any]:
-    """`MAGNUS_TRACK_<key>` variables, values parsed as JSON with the raw string as fallback."""
-    import json
-
-    out: dict[str, Any] = {}
-    for name, raw in list(environ.items()):
-        if name.startswith("MAGNUS_TRACK_") and len(name) > 13:
-            try:
-                out[name[13:]] = json.loads(raw)
-            except ValueError:
-                out[name[13:]] = raw
-    return out
+    def __init__(self, environ: Any) -> None:
+        self.host = host_from(environ)
+        self.pid = os.getpid()
+        self.pid_start = process_start_ticks()
+        self.rank = rank_from(environ)
 
 
 class Client:
     def __init__(self) -> None:
         self._init_process_state()
-        self.at_exit_registered = False
+        self.env_sent: dict[str, Any] = {}  # environment metrics recorded, kept across fork
+        self.child = False  # a forked child: works inside the parent's implicit attempt
+        self.excepthook_set = False
         self.mp_registered = False
 
     def _init_process_state(self) -> None:
@@ -109,7 +117,12 @@ class Client:
         self.wake_r = self.wake_w = -1
         self.ctx: Ctx | None = None  # identity in effect at the buffer's head
         self.cur: Ctx | None = None  # identity in effect at the call site
-        self.implicit_started: set[tuple[str, str]] = set()
+        # (run, step) → attempt id of the implicit attempt this process opened ("" = joined
+        # its parent's)
+        self.implicit_started: dict[tuple[str, str], str] = {}
+        self.proc: Proc | None = None
+        self.proc_token = os.urandom(4).hex()
+        self.attempts = 0
         self.marks_added = self.marks_seen = 0
         self.dropped = 0
         self.spooled_files = 0
@@ -122,7 +135,7 @@ class Client:
     def current(self) -> Ctx:
         if self.cur is None:
             env = os.environ
-            run_id = env.get("MAGNUS_RUN_ID") or ""
+            run_id = run_id_from(env)
             if not run_id:
                 run_id = env["MAGNUS_RUN_ID"] = new_run_id()
             self.cur = Ctx(run_id, env.get("MAGNUS_RUN_TAG", ""),
@@ -137,6 +150,26 @@ class Client:
             self.marks_added += 1
             self.cur = mark.after
 
+    def new_attempt(self) -> str:
+        with self.lock:
+            self.attempts += 1
+            return f"{os.getpid()}-{self.proc_token}-{self.attempts}"
+
+    def unsent_env(self) -> dict[str, Any]:
+        """`MAGNUS_TRACK_*` values this process (or its parent) has not recorded yet: each
+        value is recorded once, into the step in effect when it is first seen."""
+        env = env_metrics(os.environ)
+        sent = self.env_sent
+        return {k: v for k, v in env.items()
+                if k not in sent or sent[k] != v or type(sent[k]) is not type(v)}
+
+    def add_env_metrics(self, ctx: Ctx) -> None:
+        with self.lock:
+            new = self.unsent_env()
+            self.env_sent.update(new)
+        if new:
+            self.add_mark(Mark("env", ctx, self.cur or ctx, metrics=new))
+
     # -- start-up ---------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -149,11 +182,8 @@ class Client:
             os.set_blocking(self.wake_w, False)
             self.thread = threading.Thread(target=self._run, name="magnus-flusher", daemon=True)
             self.thread.start()
-        if not self.at_exit_registered:
-            self.at_exit_registered = True
-            import atexit
-
-            atexit.register(self.at_exit)
+        if not self.excepthook_set:
+            self.excepthook_set = True
             prev_hook = sys.excepthook
 
             def hook(*args: Any) -> None:
@@ -178,6 +208,11 @@ class Client:
         _proto()
         if not self.paths:
             self.paths = (socket_path(os.environ), spool_dir(os.environ))
+        if self.proc is None:
+            self.proc = Proc(os.environ)
+            mp = sys.modules.get("multiprocessing.process")
+            if mp is not None and mp.parent_process() is not None:
+                self.child = True  # a multiprocessing worker, whatever its start method
 
     def _run(self) -> None:
         import select
@@ -228,6 +263,8 @@ class Client:
         n = len(buffer)
         if not n:
             return
+        if self.proc is None:
+            self.warm()
         items = buffer[:n]
         del buffer[:n]
         ctx = self.ctx or self.current()
@@ -240,7 +277,7 @@ class Client:
                 if type(e) is Mark:
                     self.marks_seen += 1
                     self._encode_records(ctx, items[start:i], frames)
-                    frames.append(self._encode_mark(e))
+                    self._encode_entry(e, frames)
                     ctx = e.after
                     start = i + 1
             self._encode_records(ctx, items[start:], frames)
@@ -252,11 +289,21 @@ class Client:
     def _encode_records(self, ctx: Ctx, recs: list[Any], out: list[tuple[int, bytes, int]]) -> None:
         if not recs:
             return
-        if not ctx.explicit and (ctx.run_id, ctx.step_name) not in self.implicit_started:
-            self.implicit_started.add((ctx.run_id, ctx.step_name))
-            out.append(self._encode_mark(Mark("start", ctx, ctx)))
+        self._claim_implicit(ctx, out)
         for i in range(0, len(recs), BATCH_RECORDS):
             self._encode_batch(ctx, recs[i : i + BATCH_RECORDS], True, out)
+
+    def _claim_implicit(self, ctx: Ctx, out: list[tuple[int, bytes, int]]) -> None:
+        """Open this process's attempt of an implicit step on its first record there."""
+        key = (ctx.run_id, ctx.step_name)
+        if ctx.explicit or key in self.implicit_started:
+            return
+        if self.child:
+            self.implicit_started[key] = ""  # inside the parent's attempt
+            return
+        own = Ctx(ctx.run_id, ctx.tag, ctx.step_name, False, self.new_attempt())
+        self.implicit_started[key] = own.attempt
+        out.append(self._encode_mark(Mark("start", own, ctx)))
 
     def _encode_batch(self, ctx: Ctx, recs: list[Any], track: bool,
                       out: list[tuple[int, bytes, int]]) -> None:
@@ -264,14 +311,15 @@ class Client:
         seq = self.seq + 1
         first = recs[0][2]
         key = next(iter(first)) if len(first) == 1 else None
+        assert self.proc is not None  # warm() ran first
         if track and key is not None and all(len(m) == 1 and key in m for _, _, m in recs):
             # one key in every call: the columnar form, several times cheaper to validate
             msg = proto.Batch(self.client_id, seq, ctx.run_id, ctx.tag, ctx.step_name, [],
                               track, [key], [r[0] for r in recs], [r[1] for r in recs],
-                              [r[2][key] for r in recs])
+                              [r[2][key] for r in recs], self.proc.rank)
         else:
             msg = proto.Batch(self.client_id, seq, ctx.run_id, ctx.tag, ctx.step_name, recs,
-                              track)
+                              track, rank=self.proc.rank)
         try:
             payload = proto.encoder.encode(msg)
         except (TypeError, ValueError, OverflowError) as e:  # validated at the call site
@@ -292,16 +340,24 @@ class Client:
         self.seq = seq
         out.append((seq, len(payload).to_bytes(4, "big") + payload, len(recs)))
 
+    def _encode_entry(self, m: Mark, out: list[tuple[int, bytes, int]]) -> None:
+        if m.kind in ("env", "claim"):
+            self._claim_implicit(m.ctx, out)  # environment metrics need an attempt too
+        if m.kind != "claim":
+            out.append(self._encode_mark(m))
+
     def _encode_mark(self, m: Mark) -> tuple[int, bytes, int]:
         proto = _proto()
         c = m.ctx
+        p = self.proc
+        assert p is not None  # warm() ran first
         self.seq += 1
         if m.kind == "env":
             msg: Any = proto.Batch(self.client_id, self.seq, c.run_id, c.tag, c.step_name,
-                                   [(0, m.ts, m.metrics)], False)
+                                   [(0, m.ts, m.metrics)], False, rank=p.rank)
         else:
             msg = proto.StepMark(self.client_id, self.seq, c.run_id, c.tag, c.step_name, m.kind,
-                                 m.ts, m.status)
+                                 m.ts, m.status, c.attempt, p.host, p.pid, p.pid_start, p.rank)
         return (self.seq, proto.frame(msg), 1)
 
     # -- connection -------------------------------------------------------------------------
@@ -500,9 +556,7 @@ class Client:
 
     def flush(self, timeout: float | None) -> bool:
         self.start()
-        env = env_metrics(os.environ)
-        if env:
-            self.add_mark(Mark("env", self.current(), self.current(), metrics=env))
+        self.add_env_metrics(self.current())
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.enc_lock:
             self._encode_pending()
@@ -520,14 +574,18 @@ class Client:
 
     def at_exit(self) -> None:
         if self.thread is None:
-            return
+            if not self.unsent_env():
+                return
+            self.start()  # a process that only set MAGNUS_TRACK_* variables
         status = "FAIL" if self.uncaught else "SUCCESS"
-        with self.enc_lock:
-            self._encode_pending()  # notes the implicit steps this process used
         cur = self.current()
-        for run_id, step_name in sorted(self.implicit_started):
-            ctx = Ctx(run_id, cur.tag, step_name, False)
-            self.add_mark(Mark("end", ctx, cur, status))
+        self.add_env_metrics(cur)
+        with self.enc_lock:
+            self._encode_pending()  # opens the implicit attempts this process used
+        for (run_id, step_name), attempt in sorted(self.implicit_started.items()):
+            if attempt:
+                ctx = Ctx(run_id, cur.tag, step_name, False, attempt)
+                self.add_mark(Mark("end", ctx, cur, status))
         timeout = float(os.environ.get("MAGNUS_EXIT_TIMEOUT", "5"))
         if not self.flush(timeout):
             with self.cond:
@@ -551,10 +609,13 @@ class Client:
 
     def before_fork(self) -> None:
         if self.thread is not None:
-            self.current()  # a generated run id must be in os.environ before the child exists
+            cur = self.current()  # a generated run id must be in os.environ before the child
             # Finish the flusher's lazy imports here: a child forked while another thread holds
             # an import lock would deadlock on its first use of the module.
             self.warm()
+            if not self.child and not cur.explicit:
+                # the child works inside this process's implicit attempt: make sure it exists
+                self.add_mark(Mark("claim", cur, cur))
         mp = sys.modules.get("multiprocessing.util")
         if mp is not None and not self.mp_registered:
             self.mp_registered = True
@@ -571,6 +632,7 @@ class Client:
         paths = self.paths
         self._init_process_state()
         self.paths = paths
+        self.child = True
         if sock is not None:
             try:
                 os.close(sock.detach())  # the parent's connection: close our fd, not the stream
@@ -607,5 +669,6 @@ def _proto() -> Any:
 
 
 CLIENT = Client()
+atexit.register(CLIENT.at_exit)  # also for a process that only sets MAGNUS_TRACK_* variables
 os.register_at_fork(before=CLIENT.before_fork, after_in_parent=CLIENT.after_fork_parent,
                     after_in_child=CLIENT.after_fork_child)

@@ -64,9 +64,14 @@ class Batch(msgspec.Struct, tag="batch", array_like=True):
     steps: list[Step] = []
     ts: list[float] = []
     values: list[Value] = []
+    # The sending process's rank in a distributed job (design §14); None outside one.
+    rank: int | None = None
 
     def count(self) -> int:
-        return len(self.steps) if self.keys else len(self.records)
+        """Metric points (design §6: one key with its value at one step)."""
+        if self.keys:
+            return len(self.steps)
+        return sum([len(m) for _, _, m in self.records])
 
     def rows(self) -> list[tuple[int, float, dict[str, Any]]]:
         """The records, whichever form they came in."""
@@ -84,7 +89,15 @@ class Batch(msgspec.Struct, tag="batch", array_like=True):
 
 
 class StepMark(msgspec.Struct, tag="mark", array_like=True):
-    """A step's start or end (`status` is SUCCESS or FAIL on `end`)."""
+    """A step's start or end (`status` is SUCCESS or FAIL on `end`).
+
+    `attempt` names one process running one step: the start and the end of an attempt carry
+    the same id whatever connection, client id or spool file they travel by. A start also says
+    who runs it (`host`, `pid`, `pid_start` — the process's start time in clock ticks since
+    boot, so a reused pid is told apart — and `rank`). An end written by the daemon for a
+    process that died carries `end_reason`; the process's own end, should it arrive later,
+    wins over it.
+    """
 
     client_id: str
     seq: int
@@ -94,6 +107,12 @@ class StepMark(msgspec.Struct, tag="mark", array_like=True):
     kind: Literal["start", "end"]
     ts: float
     status: str = ""
+    attempt: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    host: Label = ""
+    pid: int = 0
+    pid_start: int = 0
+    rank: int | None = None
+    end_reason: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
 
 
 class Sync(msgspec.Struct, tag="sync", array_like=True):
@@ -143,6 +162,8 @@ Message = (Hello | Welcome | Batch | StepMark | Sync | Ack | StatusRequest | Sta
            | ContextRequest | ContextReply)
 # Messages that change stored state: the only ones journaled and spooled.
 Journaled = Batch | StepMark
+# The client id of step ends the daemon writes itself (for processes that died mid-step).
+DAEMON_CLIENT_ID = "magnusd"
 
 def _no_ext(code: int, data: memoryview) -> Any:
     raise ValueError(f"msgpack extension type {code} is not allowed")

@@ -3,6 +3,13 @@
 `track_this` accepts floats, bools, None and in-range ints inline; everything else comes here,
 is checked, and — for containers — copied, so a later change to the caller's list or dict does
 not change what was recorded.
+
+What ML code hands over is converted to the plain type (design §4): subclasses of int, float
+and str; numpy scalars (`np.float32`, `np.int64`, `np.bool_`…) through `.item()`; numpy arrays
+and torch tensors (any device, with or without grad) through `.tolist()`, a 0-d tensor to its
+number. numpy and torch are recognised by their types' module, never imported here. An array
+may hold at most `MAX_ARRAY_ITEMS` elements (the value budget at 9 bytes a number): log a
+summary (mean, quantiles, a histogram) of anything larger.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ INT_MIN = -(1 << 63)
 INT_MAX = (1 << 64) - 1  # msgpack's integer range
 MAX_VALUE_BYTES = MAX_FRAME // 2  # leave room for the rest of a batch
 MAX_DEPTH = 64
+MAX_ARRAY_ITEMS = MAX_VALUE_BYTES // 9
 
 
 def check_key(key: object) -> str:
@@ -78,9 +86,38 @@ def _copy(v: Any, budget: list[int], depth: int) -> Any:
             out[k] = _copy(x, budget, depth + 1)
         v = out
     else:
-        raise TypeError(
-            f"{t.__name__} is not JSON-friendly (use None, bool, int, float, str, list or dict)"
-        )
+        return _copy(_plain(v, t), budget, depth)
     if budget[0] < 0:
         raise ValueError(f"value is larger than {MAX_VALUE_BYTES} bytes")
     return v
+
+
+def _plain(v: Any, t: type) -> Any:
+    """The plain Python value of an ML library's value, or TypeError."""
+    module = t.__module__
+    if module == "numpy" or module.startswith("torch"):
+        size = getattr(v, "size", None) if module == "numpy" else getattr(v, "numel", None)
+        items = size() if callable(size) else size
+        if type(items) is int and items > MAX_ARRAY_ITEMS:
+            raise ValueError(f"{t.__name__} of {items} elements is larger than the limit of "
+                             f"{MAX_ARRAY_ITEMS}; track a summary of it instead")
+        ndim = getattr(v, "ndim", None)
+        convert = getattr(v, "item" if ndim == 0 and module == "numpy" else "tolist", None)
+        if convert is not None:
+            if module != "numpy" and hasattr(v, "detach"):
+                v = v.detach()
+                convert = v.tolist
+            out = convert()
+            if type(out) is not t:  # datetime64, complex, bytes… fail below, named
+                return out
+    elif isinstance(v, bool):
+        return bool(v)
+    elif isinstance(v, int):
+        return int(v)
+    elif isinstance(v, float):
+        return float(v)
+    elif isinstance(v, str):
+        return str(v)
+    raise TypeError(
+        f"{t.__name__} is not JSON-friendly (use None, bool, int, float, str, list or dict)"
+    )

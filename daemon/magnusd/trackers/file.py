@@ -1,7 +1,8 @@
 """`file`: one JSON object per event, appended to `config.path` (JSON lines).
 
-Each line: {"run_id", "tag", "step_name", "key", "value", "step", "timestamp"}; values keep
-their JSON type (NaN/inf become null). Each batch is one write, flushed to the OS before the
+Each line: {"run_id", "tag", "step_name", "key", "value", "step", "timestamp", "rank"}; values
+keep their JSON type (NaN/inf become null). A value of a rank other than 0 has the key
+`rank<r>/<key>`, so a reader that ignores `rank` never mixes ranks. Each batch is one write, flushed to the OS before the
 batch counts as delivered.
 """
 
@@ -51,6 +52,8 @@ class FileTracker(BaseExperimentTracker):
     def log_batch(self, events: list[Event]) -> None:
         if self._fd < 0:
             self.start()
+        if any(e.rank for e in events):
+            events = [msgspec.structs.replace(e, key=e.name) if e.rank else e for e in events]
         data = _encoder.encode_lines(events)
         view = memoryview(data)
         while view:

@@ -183,7 +183,7 @@ class MlflowTracker(BaseExperimentTracker):
                 tags[sanitize(f"magnus.step.{e.step_name}")] = "PROCESSING"
             ts = int(e.timestamp * 1000)
             leaves: list[tuple[str, Any]] = []
-            flatten(e.key, e.value, leaves)
+            flatten(e.name, e.value, leaves)
             for k, v in leaves:
                 t = type(v)
                 if (t is int or t is float) and (t is float or abs(v) < 2**63):

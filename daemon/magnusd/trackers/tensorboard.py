@@ -250,7 +250,7 @@ class TensorboardTracker(BaseExperimentTracker):
             raise
 
     def log_batch(self, events: list[Event]) -> None:
-        self._deliver([(e.run_id, e.step_name, e.key, e.value, e.step, e.timestamp)
+        self._deliver([(e.run_id, e.step_name, e.name, e.value, e.step, e.timestamp)
                        for e in events])
 
     def log_metric(self, key: str, value: Any, step: int = 0) -> None:

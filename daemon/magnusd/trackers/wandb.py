@@ -246,7 +246,7 @@ class WandbTracker(BaseExperimentTracker):
         row: dict[str, Any] = {}
         row_step = 0
         for e in events:
-            key = wandb_key(e.key)
+            key = wandb_key(e.name)
             step_key = STEP_PREFIX + key
             pairs: list[tuple[str, Any]] = []
             flatten(key, e.value, pairs)
