@@ -75,3 +75,18 @@ def test_daemon_public_surface_is_documented() -> None:
     for name in magnusd.__all__:
         assert f"`{name}`" in readme, name
     assert magnusd.__version__
+
+
+def test_magnus_plugins_import_the_base_class_from_its_magnus_path() -> None:
+    code = ("import sys, magnus\n"
+            "assert 'magnusd' not in sys.modules, 'import magnus pulled in the daemon'\n"
+            "from magnus.experiment_tracker import BaseExperimentTracker\n"
+            "import magnusd\n"
+            "assert BaseExperimentTracker is magnusd.BaseExperimentTracker\n"
+            "class Mine(BaseExperimentTracker):\n"
+            "    service_name = 'mine'\n"
+            "    def log_metric(self, key, value, step=0): print(key, value, step)\n"
+            "Mine(None).log_metric('a', 1, 2)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "a 1 2\n"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -73,3 +75,72 @@ def test_accepted_values_are_buffered_as_given() -> None:
 
 def test_track_this_returns_none() -> None:
     assert magnus.track_this(x=1) is None
+
+
+# -- values from ML libraries (design §4) ----------------------------------------------------
+
+np = pytest.importorskip("numpy")
+
+
+def recorded() -> dict[str, object]:
+    (entry,) = [e for e in _client.buffer if type(e) is tuple]
+    return entry[2]  # type: ignore[no-any-return]
+
+
+def test_numpy_scalars_become_the_plain_type() -> None:
+    magnus.track_this(f64=np.float64(0.5), f32=np.float32(0.25), i64=np.int64(7),
+                      u8=np.uint8(3), b=np.bool_(False), s=np.str_("x"))
+    got = recorded()
+    assert got == {"f64": 0.5, "f32": 0.25, "i64": 7, "u8": 3, "b": False, "s": "x"}
+    assert [type(v) for v in got.values()] == [float, float, int, int, bool, str]
+
+
+def test_arrays_become_nested_lists_that_later_changes_do_not_touch() -> None:
+    a = np.arange(6, dtype=np.int32).reshape(2, 3)
+    magnus.track_this(a=a, nested={"w": [np.float32(1.5)]}, zero_d=np.array(4.5))
+    a[0, 0] = 99
+    assert recorded() == {"a": [[0, 1, 2], [3, 4, 5]], "nested": {"w": [1.5]}, "zero_d": 4.5}
+
+
+def test_subclasses_of_plain_types_are_recorded_as_the_plain_type() -> None:
+    import enum
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    class Name(str):
+        pass
+
+    class Ratio(float):
+        pass
+
+    magnus.track_this(level=Level.HIGH, name=Name("adam"), ratio=Ratio(0.5))
+    got = recorded()
+    assert got == {"level": 3, "name": "adam", "ratio": 0.5}
+    assert [type(v) for v in got.values()] == [int, str, float]
+
+
+def test_torch_tensors_become_numbers_and_lists() -> None:
+    torch = pytest.importorskip("torch")
+    magnus.track_this(loss=torch.tensor(0.25), w=torch.ones(2, requires_grad=True),
+                      flag=torch.tensor(True), n=torch.tensor(3))
+    assert recorded() == {"loss": 0.25, "w": [1.0, 1.0], "flag": True, "n": 3}
+
+
+@pytest.mark.parametrize("make", [lambda: np.zeros(100_000), lambda: np.complex64(1j),
+                                  lambda: np.datetime64("2020-01-01"),
+                                  lambda: np.array([object()], dtype=object)],
+                         ids=["too-large", "complex", "datetime", "object-array"])
+def test_ml_values_that_are_not_json_friendly_raise(make: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="metric 'v'"):
+        magnus.track_this(v=make())  # type: ignore[operator]
+    assert not _client.buffer
+
+
+def test_plain_values_never_import_numpy_or_torch() -> None:
+    code = ("import sys, magnus\nmagnus.track_this(a=1.0, b=2, c='x', d=[1, {'e': None}])\n"
+            "assert 'numpy' not in sys.modules and 'torch' not in sys.modules, 'imported'\n")
+    r = subprocess.run([sys.executable, "-c", code],
+                                     capture_output=True, text=True,
+                                     env={"MAGNUS_SOCKET": "/nonexistent/s", "PATH": ""})
+    assert r.returncode == 0, r.stderr

@@ -239,3 +239,27 @@ def test_a_failed_step_fails_the_run(make_daemon: Callable[..., Daemon], root: P
                    and r, timeout=120, what="the run FAILED")
     assert run.data.tags["magnus.step.ok"] == "SUCCESS"
     assert run.data.tags["magnus.step.bad"] == "FAIL"
+
+
+def test_a_killed_client_fails_the_mlflow_run_set_up_with_magnus_server_url(
+        make_daemon: Callable[..., Daemon], root: Path) -> None:
+    uri = f"sqlite:///{root}/killed.db"
+    d = make_daemon(f"experiment_tracker:\n  type: mlflow\n  config: {{server_url: '{uri}'}}\n"
+                    ).start()  # magnus's name for tracking_uri
+    ready = root / "ready"
+    p = d.popen(f"""
+import time, magnus
+with magnus.step("train"):
+    magnus.track_this(step=1, loss=0.5)
+    assert magnus.flush(10)
+    open({str(ready)!r}, "w").close()
+    time.sleep(600)
+""", MAGNUS_RUN_ID="killed-ml")
+    wait_for(ready.exists, timeout=60, what="the client in its step")
+    p.kill()
+    p.communicate(timeout=10)
+    run = wait_for(lambda: (r := the_run(uri, "Default", "killed-ml")).info.status == "FAILED"
+                   and r, timeout=120, what="the MLflow run FAILED")
+    assert run.data.tags["magnus.step.train"] == "FAIL"
+    assert [(m.step, m.value) for m in client(uri).get_metric_history(run.info.run_id, "loss")
+            ] == [(1, 0.5)]

@@ -103,7 +103,7 @@ def to_ops(batch: list[tuple[int, int, bytes]]) -> list[Op]:
     cur: Op | None = None
     for seq, mark, payload in batch:
         msg = _decoder.decode(payload)
-        if type(msg) is proto.StepMark:
+        if isinstance(msg, proto.StepMark):
             cur = None
             if msg.kind == "end":
                 ops.append(Op("step_end", run=RunInfo(msg.run_id, msg.tag, msg.step_name),

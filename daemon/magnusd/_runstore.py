@@ -7,9 +7,10 @@ whatever the size of the run, and the daemon's memory does not grow with history
 assembled when it is read (`_runlog.py`).
 
 `runlog.checkpoint` holds the journal seq up to which every run file is fsynced, and the
-attempts open at that seq (`_attempts.py`); a restart replays the journal from there. Replaying a record twice is harmless: the fold is "later value
-wins" over a suffix replayed in order. A torn tail of a run file is truncated the first time the
-applier opens it after a start.
+attempts open at that seq (`_attempts.py`); a restart replays the journal from there.
+Replaying a record twice is harmless: the fold is "later value wins" over a suffix replayed in
+order, and attempt starts and ends are keyed by attempt id. A torn tail of a run file is
+truncated the first time the applier opens it after a start.
 """
 
 from __future__ import annotations

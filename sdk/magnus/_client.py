@@ -29,7 +29,14 @@ import sys
 import threading
 import time
 
-from ._identity import env_metrics, host_from, new_run_id, process_start_ticks, rank_from, run_id_from
+from ._identity import (
+    env_metrics,
+    host_from,
+    new_run_id,
+    process_start_ticks,
+    rank_from,
+    run_id_from,
+)
 from ._paths import socket_path, spool_dir
 
 TYPE_CHECKING = False

@@ -2,8 +2,8 @@
 
 Each line: {"run_id", "tag", "step_name", "key", "value", "step", "timestamp", "rank"}; values
 keep their JSON type (NaN/inf become null). A value of a rank other than 0 has the key
-`rank<r>/<key>`, so a reader that ignores `rank` never mixes ranks. Each batch is one write, flushed to the OS before the
-batch counts as delivered.
+`rank<r>/<key>`, so a reader that ignores `rank` never mixes ranks. Each batch is one write,
+flushed to the OS before the batch counts as delivered.
 """
 
 from __future__ import annotations

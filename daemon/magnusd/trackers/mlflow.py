@@ -42,8 +42,17 @@ _BAD = re.compile(r"[^\w./\- :]")
 
 
 class MlflowConfig(msgspec.Struct, forbid_unknown_fields=True):
-    tracking_uri: str
+    tracking_uri: str = ""
     experiment: str | None = None
+    server_url: str = ""  # magnus's name for tracking_uri: its configs work unchanged
+
+    def __post_init__(self) -> None:
+        if self.server_url and self.tracking_uri and self.server_url != self.tracking_uri:
+            raise ValueError("set tracking_uri or server_url (its magnus name), not both")
+        self.tracking_uri = self.tracking_uri or self.server_url
+        if not self.tracking_uri:
+            raise ValueError("tracking_uri is required (e.g. sqlite:///mlflow.db or "
+                             "http://127.0.0.1:5000)")
 
 
 def sanitize(key: str) -> str:

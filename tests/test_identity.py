@@ -1,0 +1,70 @@
+"""Who is tracking (design §14) and whether a process still runs (design §7), as pure
+functions and against real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from magnus._identity import host_from, process_start_ticks, rank_from, run_id_from
+from magnusd._attempts import probe
+
+
+@pytest.mark.parametrize(("env", "run_id"), [
+    ({}, None),
+    ({"MAGNUS_RUN_ID": "m", "TORCHELASTIC_RUN_ID": "t", "SLURM_JOB_ID": "9"}, "m"),
+    ({"TORCHELASTIC_RUN_ID": "t", "SLURM_JOB_ID": "9"}, "t"),
+    ({"TORCHELASTIC_RUN_ID": "none", "SLURM_JOB_ID": "9"}, "9"),
+    ({"SLURM_JOB_ID": "9", "SLURM_ARRAY_TASK_ID": "4"}, "9_4"),
+    ({"MAGNUS_RUN_ID": "", "SLURM_JOB_ID": "9"}, "9"),
+])
+def test_run_id_comes_from_the_job(env: dict[str, str], run_id: str | None) -> None:
+    assert run_id_from(env) == run_id
+
+
+@pytest.mark.parametrize(("env", "rank"), [
+    ({}, None),
+    ({"RANK": "3", "SLURM_PROCID": "5"}, 3),
+    ({"SLURM_PROCID": "5", "OMPI_COMM_WORLD_RANK": "6"}, 5),
+    ({"OMPI_COMM_WORLD_RANK": "6", "PMI_RANK": "7"}, 6),
+    ({"PMI_RANK": "7"}, 7),
+    ({"RANK": "x", "PMI_RANK": "1"}, 1),
+])
+def test_rank_comes_from_the_launcher(env: dict[str, str], rank: int | None) -> None:
+    assert rank_from(env) == rank
+
+
+def test_host_is_magnus_host_else_the_hostname() -> None:
+    assert host_from({"MAGNUS_HOST": "node7"}) == "node7"
+    assert host_from({}) == os.uname().nodename
+
+
+def test_a_running_process_is_alive_and_its_start_time_tells_reuse_apart() -> None:
+    me = process_start_ticks()
+    assert me > 0 and process_start_ticks(os.getpid()) == me
+    assert probe(os.getpid(), me) is None
+    reason = probe(os.getpid(), me + 1)  # the same pid, a process that started later
+    assert reason is not None and "without ending the step" in reason
+
+
+def test_a_dead_process_says_how_it_ended_while_it_is_a_zombie() -> None:
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    starts = {p.pid: process_start_ticks(p.pid) for p in (killed, exited)}
+    os.kill(killed.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (probe(killed.pid, starts[killed.pid]) is None
+                                           or probe(exited.pid, starts[exited.pid]) is None):
+        time.sleep(0.01)  # not reaped: zombies until wait() below
+    assert probe(killed.pid, starts[killed.pid]) == f"killed: SIGKILL (pid {killed.pid})"
+    assert probe(exited.pid, starts[exited.pid]) == (
+        f"exited without ending the step (pid {exited.pid}; status 3)")
+    killed.wait()
+    exited.wait()
+    gone = probe(exited.pid, starts[exited.pid])
+    assert gone is not None and "exit status unknown" in gone
