@@ -124,6 +124,7 @@ def run_case(d: C.Daemon, cspool: str, kind: str, sdk: str, n: int, rnd: int,
     else:
         where = REPO / "sdk" / "magnus"
     before = d.status()["events_total"]
+    load = os.getloadavg()[0]
     print(f"round {rnd}: {kind} / {sdk}: {n:,} calls ...", file=sys.stderr)
     r = subprocess.run([C.PY, CLIENT, kind, str(n), str(where)], env=env, capture_output=True,
                        timeout=900)
@@ -131,7 +132,7 @@ def run_case(d: C.Daemon, cspool: str, kind: str, sdk: str, n: int, rnd: int,
     if r.returncode != 0 or not r.stdout.strip():
         raise RuntimeError(f"client {kind}/{sdk} exited {r.returncode}:\n{err}")
     res: dict[str, Any] = json.loads(r.stdout.decode().strip().splitlines()[-1])
-    res.update(sdk=sdk, round=rnd, n=n,
+    res.update(sdk=sdk, round=rnd, n=n, load=load,
                stderr=[ln for ln in err.splitlines() if not ln.startswith("magnus imported")])
     _, st = d.wait_applied(before + n + 1)
     res["events"] = st["events_total"] - before
@@ -168,7 +169,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, commit: str,
            + "; one `magnusd serve` from the working tree for every case.\n",
            "Each call timed alone with `time.perf_counter_ns` in a fresh process, after a "
            "warm-up call; times include the timer's own cost (its median in the 'timer' "
-           "column). µs; 'all rounds' = median of the per-round values.\n"]
+           "column). µs; 'all' = median of the per-round values (max: the largest); 'load "
+           "1 min' = /proc/loadavg as the case started.\n"]
 
     rows = []
     order = [("float", "baseline"), ("float", "current")] + [(k, "current") for k in SLOW]
@@ -183,16 +185,16 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, commit: str,
             c = r["calls"]
             rows.append([f"{LABELS[kind]}, {sdk}", r["round"], f"{c['n']:,}", us(c["p50"]),
                          us(c["p99"]), us(c["p99.9"]), us(c["max"]), us(r["timer"]["p50"]),
-                         ""])
+                         f"{r['load']:.2f}", ""])
         m50 = med([r["calls"]["p50"] for r in rs])
         rows.append([f"**{LABELS[kind]}, {sdk}**", "all", f"{sum(r['calls']['n'] for r in rs):,}",
                      f"**{us(m50)}**", f"**{us(med([r['calls']['p99'] for r in rs]))}**",
                      f"**{us(med([r['calls']['p99.9'] for r in rs]))}**",
                      us(max(r["calls"]["max"] for r in rs)),
-                     us(med([r["timer"]["p50"] for r in rs])),
+                     us(med([r["timer"]["p50"] for r in rs])), "",
                      f"{m50 / ref_med:.2f}×" if ref else ""])
     out.append(C.table(["case", "round", "calls", "median", "p99", "p99.9", "max", "timer",
-                        "median vs. plain float, current"], rows))
+                        "load 1 min", "median vs. plain float, current"], rows))
 
     base, cur = by.get(("float", "baseline"), []), by.get(("float", "current"), [])
     overall = float("nan")
