@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,37 @@ def test_a_dead_process_says_how_it_ended_while_it_is_a_zombie() -> None:
     exited.wait()
     gone = probe(exited.pid, starts[exited.pid])
     assert gone is not None and "exit status unknown" in gone
+
+
+def test_the_reaper_judges_only_processes_of_its_own_host_and_pid_namespace(
+        tmp_path: Path) -> None:
+    import anyio
+
+    from magnus import _protocol as proto
+    from magnus._identity import pid_namespace
+    from magnusd import _attempts
+    from magnusd._journal import Journal, Reader
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    journal = Journal(str(tmp_path / "journal"))
+    journal.open()
+    table = _attempts.OpenAttempts()
+    me = os.uname().nodename
+    for aid, host, ns in [("local", me, pid_namespace()), ("unknown-ns", me, 0),
+                          ("container", me, pid_namespace() + 1), ("remote", "node9", 0)]:
+        table.note(proto.StepMark("c", 1, "r", "", "s", "start", 0.0, "", aid, host, gone.pid,
+                                  0, None, None, ns))
+    reaper = _attempts.Reaper(journal, table, lambda: journal.last_seq, me, str(tmp_path))
+
+    async def two_looks() -> None:
+        await reaper.sweep()  # seen dead once: judged only when seen so again after the grace
+        await anyio.sleep(_attempts.GRACE_S)
+        await reaper.sweep()
+
+    anyio.run(two_looks)
+    ends = [proto.decoder.decode(p) for _, _, p in Reader(journal.dir, 1, journal).read()]
+    assert sorted(m.attempt for m in ends) == ["local", "unknown-ns"]
+    assert all(m.status == "FAIL" and m.end_reason and m.client_id == proto.DAEMON_CLIENT_ID
+               for m in ends)
+    journal.close()

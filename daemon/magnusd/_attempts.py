@@ -2,9 +2,10 @@
 
 The run store notes every attempt's start and end as it applies the journal (`OpenAttempts`),
 and keeps the table in its checkpoint, so a restart knows what was open without reading any
-run's history. The `Reaper` judges the attempts of this host only: an attempt whose process is
-gone — no such pid, a zombie, or the pid reused by a process that started later — is closed
-`FAIL` with an `end_reason`, by a step end the daemon journals itself (so trackers get it too).
+run's history. The `Reaper` judges the attempts of this host's processes (in its own pid
+namespace) only: an attempt whose process is gone — no such pid, a zombie, or the pid reused by
+a process that started later — is closed `FAIL` with an `end_reason`, by a step end the daemon
+journals itself (so trackers get it too).
 It looks when a client's connection closes and once a second; after a restart its first look
 comes once the spool files are ingested and the run store has caught up, so a process that
 spooled its own end is never judged. A process that is alive keeps its attempt open (it will
@@ -24,6 +25,7 @@ import anyio
 import msgspec
 
 from magnus import _protocol as proto
+from magnus._identity import pid_namespace
 
 from ._journal import Journal
 
@@ -43,6 +45,7 @@ class OpenAttempt(msgspec.Struct, array_like=True):
     pid: int
     pid_start: int
     rank: int | None
+    pid_ns: int = 0
 
 
 class OpenAttempts:
@@ -60,7 +63,7 @@ class OpenAttempts:
             if len(self.open) >= MAX_OPEN:
                 del self.open[next(iter(self.open))]
             self.open[m.attempt] = OpenAttempt(m.attempt, m.run_id, m.tag, m.step_name, m.host,
-                                               m.pid, m.pid_start, m.rank)
+                                               m.pid, m.pid_start, m.rank, m.pid_ns)
 
     def snapshot(self) -> list[OpenAttempt]:
         return list(self.open.copy().values())  # dict.copy is atomic under the GIL
@@ -114,6 +117,7 @@ class Reaper:
         self.applied = applied  # () -> the run store's applied seq
         self.host = host
         self.spool_dir = spool_dir
+        self.pid_ns = pid_namespace()  # a process in another (a container) is not judged
         self.closed_total = 0
         self._wake = anyio.Event()
         self._dead_since: dict[str, tuple[float, str]] = {}
@@ -138,7 +142,8 @@ class Reaper:
         if self.applied() < target:
             return  # the run store is behind: judge nothing on a stale table
         now = time.monotonic()
-        current = {a.attempt: a for a in self.attempts.snapshot() if a.host == self.host}
+        current = {a.attempt: a for a in self.attempts.snapshot()
+                   if a.host == self.host and a.pid_ns in (0, self.pid_ns)}
         self._ended &= current.keys()
         for aid in list(self._dead_since):
             if aid not in current:
@@ -166,7 +171,7 @@ class Reaper:
     def _end_mark(self, a: OpenAttempt, reason: str) -> proto.StepMark:
         return proto.StepMark(proto.DAEMON_CLIENT_ID, 0, a.run_id, a.tag, a.step_name, "end",
                               time.time(), "FAIL", a.attempt, a.host, a.pid, a.pid_start,
-                              a.rank, reason)
+                              a.rank, reason, a.pid_ns)
 
     def _spool_pending(self) -> bool:
         try:

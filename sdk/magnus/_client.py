@@ -33,6 +33,7 @@ from ._identity import (
     env_metrics,
     host_from,
     new_run_id,
+    pid_namespace,
     process_start_ticks,
     rank_from,
     run_id_from,
@@ -85,12 +86,13 @@ class Mark:
 class Proc:
     """This process as attempts name it (computed off the caller's path, again after fork)."""
 
-    __slots__ = ("host", "pid", "pid_start", "rank")
+    __slots__ = ("host", "pid", "pid_start", "pid_ns", "rank")
 
     def __init__(self, environ: Any) -> None:
         self.host = host_from(environ)
         self.pid = os.getpid()
         self.pid_start = process_start_ticks()
+        self.pid_ns = pid_namespace()
         self.rank = rank_from(environ)
 
 
@@ -218,8 +220,10 @@ class Client:
         if self.proc is None:
             self.proc = Proc(os.environ)
             mp = sys.modules.get("multiprocessing.process")
-            if mp is not None and mp.parent_process() is not None:
-                self.child = True  # a multiprocessing worker, whatever its start method
+            if mp is not None and mp.parent_process() is not None and self.proc.rank is None:
+                # a multiprocessing worker, whatever its start method (a rank, as under
+                # torch.multiprocessing.spawn, has an attempt of its own)
+                self.child = True
 
     def _run(self) -> None:
         import select
@@ -364,7 +368,8 @@ class Client:
                                    [(0, m.ts, m.metrics)], False, rank=p.rank)
         else:
             msg = proto.StepMark(self.client_id, self.seq, c.run_id, c.tag, c.step_name, m.kind,
-                                 m.ts, m.status, c.attempt, p.host, p.pid, p.pid_start, p.rank)
+                                 m.ts, m.status, c.attempt, p.host, p.pid, p.pid_start, p.rank,
+                                 pid_ns=p.pid_ns)
         return (self.seq, proto.frame(msg), 1)
 
     # -- connection -------------------------------------------------------------------------
@@ -620,7 +625,8 @@ class Client:
             # Finish the flusher's lazy imports here: a child forked while another thread holds
             # an import lock would deadlock on its first use of the module.
             self.warm()
-            if not self.child and not cur.explicit:
+            if (not self.child and not cur.explicit
+                    and (cur.run_id, cur.step_name) not in self.implicit_started):
                 # the child works inside this process's implicit attempt: make sure it exists
                 self.add_mark(Mark("claim", cur, cur))
         mp = sys.modules.get("multiprocessing.util")

@@ -55,6 +55,14 @@ def process_start_ticks(pid: int | str = "self") -> int:
         return 0
 
 
+def pid_namespace() -> int:
+    """The inode of this process's pid namespace: pids compare only within one; 0 unknown."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
 def new_run_id() -> str:
     import time
 

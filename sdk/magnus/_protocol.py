@@ -113,6 +113,7 @@ class StepMark(msgspec.Struct, tag="mark", array_like=True):
     pid_start: int = 0
     rank: int | None = None
     end_reason: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    pid_ns: int = 0  # the pid namespace `pid` belongs to (a container's differs)
 
 
 class Sync(msgspec.Struct, tag="sync", array_like=True):
