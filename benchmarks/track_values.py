@@ -1,14 +1,15 @@
 """Per-call cost of `track_this(loss=v, step=i)` by value type, and the plain-float cost of the
 current SDK against a baseline revision, measured in one run.
 
-    .venv/bin/python benchmarks/track_values.py [--baseline a56ada8] [--rounds 3]
+    .venv/bin/python benchmarks/track_values.py [--baseline a56ada8] [--current REV] [--rounds 3]
         [--calls 1000000] [--slow-calls 100000] [--torch-calls 20000] [--cases ...] [--keep]
 
 The baseline SDK is `git archive REV sdk/magnus` extracted to a temp dir (read-only git use) and
 imported through PYTHONPATH=<tmp>/sdk; the current SDK is the working tree (the project's
-editable install). Each client checks that `magnus` came from the expected directory. Both
-talk to one private `magnusd serve` from the working tree (the wire protocol is compatible: new
-fields were only appended, with defaults).
+editable install), or with `--current REV` that revision's sdk/magnus, extracted the same way.
+Each client checks that `magnus` came from the expected directory. Both talk to one private
+`magnusd serve` from the working tree (the wire protocol is compatible: new fields were only
+appended, with defaults).
 
 Cases, each in a fresh client process (benchmarks/_values_client.py), run in rounds so machine
 load falls on all of them alike; a round is: float/baseline, float/current, then the current
@@ -21,7 +22,8 @@ Nothing may be lost: after each client's flush() and exit, the run log (`magnusd
 --json`) must hold `loss` (step 0) and `loss_1` .. `loss_N`, each equal to the value sent, as a
 plain JSON number (int for np.int64, float otherwise) or a list of 16 numbers for the array.
 
-Results: a markdown table on stdout and in benchmarks/out/track_values.md.
+Results: a markdown table on stdout and in benchmarks/out/track_values.md (with `--current REV`:
+track_values-REV.md).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def git(*args: str) -> str:
                           text=True, check=True).stdout.strip()
 
 
-def extract_baseline(rev: str, dest: Path) -> str:
+def extract_sdk(rev: str, dest: Path) -> str:
     """`git archive REV sdk/magnus | tar -x -C dest`; returns the full commit id."""
     commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
     archive = subprocess.Popen(["git", "-C", str(REPO), "archive", commit, "sdk/magnus"],
@@ -95,7 +97,9 @@ def verify_run(d: C.Daemon, run_id: str, kind: str, n: int) -> dict[str, Any]:
     run = d.show(run_id)
     show_s = time.monotonic() - t0
     m = run.get("steps", {}).get("main", {}).get("user_defined_metrics", {})
-    found, missing, bad = 0, [], []
+    found = 0
+    missing: list[str] = []
+    bad: list[str] = []
     for i in range(n + 1):
         name = "loss" if i == 0 else f"loss_{i}"
         if name not in m:
@@ -113,14 +117,15 @@ def verify_run(d: C.Daemon, run_id: str, kind: str, n: int) -> dict[str, Any]:
 
 
 def run_case(d: C.Daemon, cspool: str, kind: str, sdk: str, n: int, rnd: int,
-             baseline_sdk: Path) -> dict[str, Any]:
+             sdk_dirs: dict[str, Path | None]) -> dict[str, Any]:
     run_id = f"bench-{kind}-{sdk}-{rnd}-{os.urandom(3).hex()}"
     env = C.clean_env(MAGNUS_SOCKET=d.sock, MAGNUS_DATA_DIR=d.data, MAGNUS_CONFIG=d.config,
                       MAGNUS_SPOOL_DIR=cspool, MAGNUS_RUN_ID=run_id)
     env.pop("PYTHONPATH", None)
-    if sdk == "baseline":
-        env["PYTHONPATH"] = str(baseline_sdk)
-        where = baseline_sdk / "magnus"
+    extracted = sdk_dirs[sdk]
+    if extracted is not None:  # a `git archive` copy, imported ahead of the editable install
+        env["PYTHONPATH"] = str(extracted)
+        where = extracted / "magnus"
     else:
         where = REPO / "sdk" / "magnus"
     before = d.status()["events_total"]
@@ -154,7 +159,7 @@ def med(xs: list[float]) -> float:
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace, commit: str,
-           head: str, dirty: list[str], load0: str, t_total: float,
+           current: str, head: str, dirty: list[str], load0: str, t_total: float,
            daemon: dict[str, Any]) -> str:
     by: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
@@ -162,11 +167,13 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, commit: str,
     out = [f"# track_this cost by value type, and the current SDK against {args.baseline}\n",
            f"{C.machine_line()}; load average at start {load0}; "
            f"`{' '.join(sys.argv[1:]) or '(defaults)'}`\n",
-           f"baseline = `git archive {commit[:12]} sdk/magnus` (PYTHONPATH); current = working "
-           f"tree at HEAD {head[:12]}"
-           + (f", **with uncommitted changes in {', '.join(dirty)}**" if dirty else
-              " (sdk/ and daemon/ unchanged from HEAD)")
-           + "; one `magnusd serve` from the working tree for every case.\n",
+           f"baseline = `git archive {commit[:12]} sdk/magnus` (PYTHONPATH); current = "
+           + (f"`git archive {current[:12]} sdk/magnus` (`--current {args.current}`, "
+              "PYTHONPATH)" if current else "the working tree's sdk/magnus")
+           + f"; one `magnusd serve` from the working tree (HEAD {head[:12]}"
+           + (f", **uncommitted changes in {', '.join(dirty)}**" if dirty else
+              ", sdk/ and daemon/ unchanged from HEAD")
+           + ") for every case.\n",
            "Each call timed alone with `time.perf_counter_ns` in a fresh process, after a "
            "warm-up call; times include the timer's own cost (its median in the 'timer' "
            "column). µs; 'all' = median of the per-round values (max: the largest); 'load "
@@ -184,17 +191,18 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, commit: str,
         for r in rs:
             c = r["calls"]
             rows.append([f"{LABELS[kind]}, {sdk}", r["round"], f"{c['n']:,}", us(c["p50"]),
-                         us(c["p99"]), us(c["p99.9"]), us(c["max"]), us(r["timer"]["p50"]),
-                         f"{r['load']:.2f}", ""])
+                         us(c["p99"]), us(c["p99.9"]), us(c["max"]), us(c["mean"]),
+                         us(r["timer"]["p50"]), f"{r['load']:.2f}", ""])
         m50 = med([r["calls"]["p50"] for r in rs])
         rows.append([f"**{LABELS[kind]}, {sdk}**", "all", f"{sum(r['calls']['n'] for r in rs):,}",
                      f"**{us(m50)}**", f"**{us(med([r['calls']['p99'] for r in rs]))}**",
                      f"**{us(med([r['calls']['p99.9'] for r in rs]))}**",
                      us(max(r["calls"]["max"] for r in rs)),
+                     us(med([r["calls"]["mean"] for r in rs])),
                      us(med([r["timer"]["p50"] for r in rs])), "",
                      f"{m50 / ref_med:.2f}×" if ref else ""])
-    out.append(C.table(["case", "round", "calls", "median", "p99", "p99.9", "max", "timer",
-                        "load 1 min", "median vs. plain float, current"], rows))
+    out.append(C.table(["case", "round", "calls", "median", "p99", "p99.9", "max", "mean",
+                        "timer", "load 1 min", "median vs. plain float, current"], rows))
 
     base, cur = by.get(("float", "baseline"), []), by.get(("float", "current"), [])
     overall = float("nan")
@@ -202,27 +210,36 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, commit: str,
         out.append("\nPlain float, current / baseline (each round: baseline then current, "
                    "same daemon):\n")
         ratio_rows = []
-        for b, c in zip(base, cur):
+        for b, c in zip(base, cur, strict=True):
             ratio_rows.append([b["round"], us(b["calls"]["p50"]), us(c["calls"]["p50"]),
                                f"{c['calls']['p50'] / b['calls']['p50']:.3f}",
                                us(b["calls"]["p99"]), us(c["calls"]["p99"]),
                                f"{c['calls']['p99'] / b['calls']['p99']:.3f}",
                                us(b["calls"]["p99.9"]), us(c["calls"]["p99.9"]),
+                               f"{us(b['calls']['mean'])} / {us(c['calls']['mean'])}",
+                               f"{c['calls']['mean'] / b['calls']['mean']:.3f}",
                                f"{b['loop_s']:.2f} / {c['loop_s']:.2f}"])
         mb = med([r["calls"]["p50"] for r in base])
         mc = med([r["calls"]["p50"] for r in cur])
         overall = mc / mb
         p99b = med([r["calls"]["p99"] for r in base])
         p99c = med([r["calls"]["p99"] for r in cur])
+        meanb = med([r["calls"]["mean"] for r in base])
+        meanc = med([r["calls"]["mean"] for r in cur])
         ratio_rows.append(["**all** (median of rounds)", us(mb), us(mc), f"**{overall:.3f}**",
                            us(p99b), us(p99c), f"{p99c / p99b:.3f}",
                            us(med([r["calls"]["p99.9"] for r in base])),
-                           us(med([r["calls"]["p99.9"] for r in cur])), ""])
+                           us(med([r["calls"]["p99.9"] for r in cur])),
+                           f"{us(meanb)} / {us(meanc)}", f"{meanc / meanb:.3f}", ""])
         out.append(C.table(["round", "baseline median", "current median", "ratio",
                             "baseline p99", "current p99", "ratio p99", "baseline p99.9",
-                            "current p99.9", "loop s (b / c)"], ratio_rows))
+                            "current p99.9", "mean (b / c)", "ratio mean", "loop s (b / c)"],
+                           ratio_rows))
         verdict = ("within 5 %" if overall <= 1.05 else "**more than 5 % slower**")
-        out.append(f"\nPlain-float median, current / baseline = {overall:.3f}: {verdict}.")
+        pairs = zip(base, cur, strict=True)
+        per_round = med([c["calls"]["p50"] / b["calls"]["p50"] for b, c in pairs])
+        out.append(f"\nPlain-float median, current / baseline = {overall:.3f} (median of the "
+                   f"per-round ratios {per_round:.3f}): {verdict}.")
 
     checks = []
     for r in results:
@@ -273,6 +290,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", default="a56ada8", metavar="REV",
                     help="git revision whose sdk/magnus is the baseline (default a56ada8)")
+    ap.add_argument("--current", default=None, metavar="REV",
+                    help="measure this revision's sdk/magnus as 'current' instead of the working "
+                         "tree (e.g. 1521afc once HEAD has moved on)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--calls", type=int, default=1_000_000, help="plain-float calls per case")
     ap.add_argument("--slow-calls", type=int, default=100_000,
@@ -284,7 +304,7 @@ def main() -> int:
     args = ap.parse_args()
     C.check_python()
     cases = [k for k in ("float",) + SLOW if k in set(args.cases.split(","))]
-    load0 = "%.2f %.2f %.2f" % os.getloadavg()
+    load0 = " ".join(f"{x:.2f}" for x in os.getloadavg())
     t_start = time.monotonic()
 
     head = git("rev-parse", "HEAD")
@@ -292,11 +312,18 @@ def main() -> int:
                        + git("ls-files", "--others", "--exclude-standard", "--", "sdk",
                              "daemon").split()))
     root = C.short_tmpdir("mbv")
+    sdk_dirs: dict[str, Path | None] = {"baseline": root / "base" / "sdk", "current": None}
     (root / "base").mkdir()
-    commit = extract_baseline(args.baseline, root / "base")
-    baseline_sdk = root / "base" / "sdk"
-    print(f"baseline {args.baseline} = {commit[:12]} extracted to {baseline_sdk}",
+    commit = extract_sdk(args.baseline, root / "base")
+    print(f"baseline {args.baseline} = {commit[:12]} extracted to {sdk_dirs['baseline']}",
           file=sys.stderr)
+    current = ""
+    if args.current:
+        (root / "cur").mkdir()
+        current = extract_sdk(args.current, root / "cur")
+        sdk_dirs["current"] = root / "cur" / "sdk"
+        print(f"current {args.current} = {current[:12]} extracted to {sdk_dirs['current']}",
+              file=sys.stderr)
     d = C.Daemon(root)
     results: list[dict[str, Any]] = []
     daemon: dict[str, Any] = {}
@@ -309,14 +336,15 @@ def main() -> int:
                      args.torch_calls if kind == "torch" else args.slow_calls)
                 sdks = ("baseline", "current") if kind == "float" else ("current",)
                 for sdk in sdks:
-                    results.append(run_case(d, cspool, kind, sdk, n, rnd, baseline_sdk))
+                    results.append(run_case(d, cspool, kind, sdk, n, rnd, sdk_dirs))
         daemon["rss_kb"] = d.rss_kb()
     finally:
         daemon.setdefault("rss_kb", (0, 0))
         C.finish(d, root, args.keep, daemon)
-    text = report(results, args, commit, head, dirty, load0, time.monotonic() - t_start, daemon)
+    text = report(results, args, commit, current, head, dirty, load0, time.monotonic() - t_start,
+                  daemon)
     print(text)
-    path = C.write_report("track_values", text)
+    path = C.write_report("track_values" + (f"-{args.current}" if args.current else ""), text)
     print(f"(written to {path})", file=sys.stderr)
     return 0 if all(r["ok"] for r in results) else 1
 

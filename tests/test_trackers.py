@@ -276,8 +276,10 @@ def test_client_context_is_built_from_the_active_tracker(make_daemon: Callable[.
             print(json.dumps(c))
     """, MAGNUS_RUN_ID="ctx1", MAGNUS_RUN_TAG="t", MAGNUS_STEP_NAME="s")
     c = json.loads(r.stdout)
+    (worker,) = [t["pid"] for t in d.status()["trackers"]]
     assert c == {"run_id": "ctx1", "tag": "t", "step_name": "s", "path": str(out),
-                 "served_by": d.proc.pid if d.proc else None}
+                 "served_by": worker}  # context_state ran in the tracker's worker process
+    assert d.proc is not None and worker != d.proc.pid
 
 
 @pytest.mark.parametrize("cfg", ["", "experiment_tracker:\n  type: file\n  config: {path: /tmp/x}\n"])

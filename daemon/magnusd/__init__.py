@@ -5,9 +5,10 @@ The public surface is the tracker plugin API; everything else is the daemon's ow
 
 from ._tracker import BaseExperimentTracker as BaseExperimentTracker
 from ._tracker import Event as Event
+from ._tracker import PermanentError as PermanentError
 from ._tracker import RunInfo as RunInfo
 
-__all__ = ["BaseExperimentTracker", "Event", "RunInfo"]
+__all__ = ["BaseExperimentTracker", "Event", "PermanentError", "RunInfo"]
 
 
 def __getattr__(name: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import yaml
@@ -23,6 +23,8 @@ class TrackerDef(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     config: dict[str, Any] = {}
     backfill: bool = False
     context: bool = False  # the tracker get_experiment_tracker_context() uses
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0  # one call; then the worker dies
+    max_memory_mb: Annotated[int, msgspec.Meta(gt=0)] | None = None  # worker RSS bound
 
     @property
     def key(self) -> str:

@@ -161,11 +161,14 @@ class Daemon:
             await self.trackers.loaded.wait()
         runners = sorted(self.trackers.runners.values(), key=lambda r: not r.defn.context)
         for r in runners:
-            if r.tracker is None:
+            if not r.constructed:
                 continue
             run = RunInfo(req.run_id, req.tag, req.step_name)
             try:
-                state = await anyio.to_thread.run_sync(r.tracker.context_state, run)
+                with anyio.fail_after(30):  # a worker between restarts gets a moment
+                    while r.worker is None and not r.done.is_set():  # noqa: ASYNC110
+                        await anyio.sleep(0.1)
+                state = await r.ask(run)  # the tracker's own context_state, in its worker
             except Exception as e:
                 log.warning("tracker %r: context_state failed: %s", r.name, e)
                 state = {}

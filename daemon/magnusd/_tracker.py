@@ -58,6 +58,13 @@ class Event(msgspec.Struct):
         return f"rank{self.rank}/{self.key}" if self.rank else self.key
 
 
+class PermanentError(Exception):
+    """Raised by a tracker for events its backend will never accept (an invalid key, a value
+    it refuses): the daemon isolates those events, writes them to the tracker's dead-letter
+    file (`<data>/trackers/<name>.dead.jsonl`) and delivers their neighbours. Any other
+    exception is retried."""
+
+
 class NoConfig(msgspec.Struct, forbid_unknown_fields=True):
     """For trackers that take no configuration."""
 

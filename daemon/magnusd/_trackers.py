@@ -1,8 +1,10 @@
 """The running tracker set, and hot reload of the config file.
 
 A reload (file watch or SIGHUP) reads the file, compares it with the last text seen, parses and
-validates it completely and constructs every new or changed tracker — all before touching what
-runs. On any error the running set stays and the error is shown in `status` (`config.error`).
+validates it, and starts a worker process for every new or changed tracker, which imports the
+plugin, decodes its `config:` block and constructs it — all before touching what runs (tracker
+libraries are never imported by the daemon). On any error the running set stays, the new
+workers are stopped, and the error is shown in `status` (`config.error`).
 Then: an unchanged tracker (same name, same definition) is left alone; a changed one is stopped
 after the op in hand and its replacement continues from its cursor; a new name starts at the
 journal head (or replays the retained journal with `backfill: true`); a removed one stops after
@@ -22,13 +24,23 @@ import anyio
 import anyio.abc
 
 from . import _config, _plugins
+from . import _workerwire as wire
 from ._config import Config, ConfigError, TrackerDef
-from ._fanout import Cursor, CursorStore, Runner, start_cursor
+from ._fanout import Cursor, CursorStore, start_cursor
 from ._journal import Journal
 from ._tracker import BaseExperimentTracker
+from ._workers import Runner, Worker, spawn
 
 log = logging.getLogger("magnusd.trackers")
 DEBOUNCE_MS = 200
+STUCK_S = 3.0
+
+
+class Built(NamedTuple):
+    defn: TrackerDef
+    worker: Worker | None  # constructed and ready (None: kept, or failed)
+    error: str | None
+    keep: bool = False
 
 
 class Resolved(NamedTuple):
@@ -39,7 +51,8 @@ class Resolved(NamedTuple):
 
 
 def validate(cfg: Config, text: str = "") -> list[Resolved]:
-    """Resolve each tracker's class and decode its `config:` block into the class's struct.
+    """Resolve each tracker's class and decode its `config:` block into the class's struct
+    (for `magnusd check-config`: it imports the plugins, which the daemon never does).
 
     `text`, the YAML the config came from, lets errors name their line.
     """
@@ -68,6 +81,7 @@ class Trackers:
         self.cursors = CursorStore(os.path.join(data_dir, "trackers"))
         self.path = config_path
         self.environ = environ
+        self.journal_dir = journal.dir
         self.runners: dict[str, Runner] = {}
         self.text: str | None = None  # the config text last acted on
         self.loaded_at: float | None = None
@@ -127,11 +141,7 @@ class Trackers:
         self.text = text
         try:
             cfg = _config.parse(text or "", self.path, self.environ)
-            resolved = await anyio.to_thread.run_sync(validate, cfg, text or "")
-            problems = [r.error for r in resolved if r.error]
-            if problems and not initial:
-                raise ConfigError(self.path, problems)
-            built = await self._construct(resolved, initial)
+            built = await self._construct(cfg, initial, text or "")
         except ConfigError as e:
             self.error = str(e)
             log.error("config reload (%s) rejected, %s: %s", reason,
@@ -139,7 +149,7 @@ class Trackers:
                       e)
             return False
         self._swap(built)
-        self.error = "\n".join(e for _, _, e in built if e) or None
+        self.error = "\n".join(b.error for b in built if b.error) or None
         self.loaded_at = time.time()
         self.definitions = _config.raw_definitions(text or "")
         for cb in self.on_change:
@@ -149,56 +159,72 @@ class Trackers:
                  or "none")
         return True
 
-    async def _construct(self, resolved: list[Resolved], initial: bool
-                         ) -> list[tuple[TrackerDef, BaseExperimentTracker | None, str | None]]:
-        """Instances for new and changed trackers; failures disable (at start) or reject."""
-        out: list[tuple[TrackerDef, BaseExperimentTracker | None, str | None]] = []
-        problems = []
-        for d, cls, conf, error in resolved:
-            old = self.runners.get(d.key)
-            if old is not None and old.defn == d and old.tracker is not None:
-                out.append((d, old.tracker, None))  # unchanged: keep the instance
-                continue
-            if cls is None:
-                log.error("%s; it is disabled", error)
-                out.append((d, None, error))
-                continue
-            try:
-                tracker = await anyio.to_thread.run_sync(cls, conf)
-            except Exception as e:
-                msg = f"tracker {d.key!r} ({d.type}) failed to construct: {type(e).__name__}: {e}"
-                if not initial:
-                    problems.append(msg)
-                    continue
-                log.error("%s; it is disabled", msg)
-                out.append((d, None, msg))
-                continue
-            out.append((d, tracker, None))
-        if problems:
-            raise ConfigError(self.path, problems)
-        return out
+    def _spec(self, d: TrackerDef) -> wire.Spec:
+        return wire.Spec(d.key, d.type, d.config, self.journal_dir,
+                         self.cursors.state_dir(d.key), self.cursors.dead_letter_path(d.key))
 
-    def _swap(self, built: list[tuple[TrackerDef, BaseExperimentTracker | None, str | None]]
-              ) -> None:
+    async def _construct(self, cfg: Config, initial: bool, text: str) -> list[Built]:
+        """Workers for new and changed trackers, each constructed and ready, in parallel.
+
+        A failure disables that tracker at start, and rejects the whole config on a reload
+        (the workers already started are stopped).
+        """
+        defs = cfg.trackers
+        out: list[Built | None] = [None] * len(defs)
+
+        async def one(i: int, d: TrackerDef) -> None:
+            old = self.runners.get(d.key)
+            if old is not None and old.defn == d and old.constructed:
+                out[i] = Built(d, None, None, keep=True)  # unchanged: keep the runner
+                return
+            worker, error = await spawn(self._spec(d))
+            if error is not None:
+                where = (f"$.experiment_tracker[{i}]" if isinstance(cfg.experiment_tracker, list)
+                         else "$.experiment_tracker")
+                if "- at `config" in error:
+                    error = _config.with_line(error.replace("- at `config",
+                                                            f"- at `{where}.config"), text)
+                error = f"{where} ({d.key}): {error}"
+            out[i] = Built(d, worker, error)
+
+        async with anyio.create_task_group() as tg:
+            for i, d in enumerate(defs):
+                tg.start_soon(one, i, d)
+        built = [b for b in out if b is not None]
+        problems = [b.error for b in built if b.error]
+        if problems and not initial:
+            for b in built:
+                if b.worker is not None:
+                    b.worker.kill()
+                    await b.worker.reap()
+            raise ConfigError(self.path, problems)
+        for b in built:
+            if b.error:
+                log.error("%s; it is disabled", b.error)
+        return built
+
+    def _swap(self, built: list[Built]) -> None:
         assert self._tg is not None
         new: dict[str, Runner] = {}
-        for d, tracker, error in built:
+        for b in built:
+            d = b.defn
             old = self.runners.pop(d.key, None)
-            if old is not None and old.defn == d and old.tracker is tracker and tracker:
+            if b.keep and old is not None:
                 new[d.key] = old  # unchanged
                 continue
+            spec = self._spec(d)
             if old is not None:  # changed: the new instance takes over the cursor
                 log.info("tracker %r: definition changed; the new instance takes over at the "
                          "old one's cursor", d.key)
                 old.stop()
-                runner = Runner(d, tracker, self.journal, self.cursors, old.cursor, error,
-                                after=old)
+                runner = Runner(d, spec, self.journal, self.cursors, old.cursor, b.worker,
+                                b.error, after=old)
             else:
                 cursor = (self.cursors.load(d.key)
                           or (self._start_head if self._start_head and not d.backfill else None)
                           or start_cursor(self.journal, d.backfill))
                 self.cursors.save(d.key, cursor)
-                runner = Runner(d, tracker, self.journal, self.cursors, cursor, error)
+                runner = Runner(d, spec, self.journal, self.cursors, cursor, b.worker, b.error)
             new[d.key] = runner
             self._tg.start_soon(runner.run)
         for name, old in self.runners.items():
@@ -228,10 +254,12 @@ class Trackers:
             await self.reload("file changed")
 
     async def drain(self, seconds: float) -> None:
-        """At shutdown: let trackers deliver what is pending (bounded), then stop them."""
+        """At shutdown: let trackers deliver what is pending (bounded; a tracker whose call
+        has hung for STUCK_S is not waited for), then stop them."""
         with anyio.move_on_after(seconds):
             while any(r.status()["pending"] and r.state == "running"  # noqa: ASYNC110 - polls
-                      for r in self.runners.values()):                # several runners' state
+                      and not r.stuck(STUCK_S)                        # several runners' state
+                      for r in self.runners.values()):
                 await anyio.sleep(0.05)
         for r in self.runners.values():
             r.stop()

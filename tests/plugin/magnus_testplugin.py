@@ -59,3 +59,47 @@ class BrokenConstruct(BaseExperimentTracker):
 
     def __init__(self, config):
         raise ConnectionError("cannot reach the backend")
+
+
+class FaultyConfig(msgspec.Struct, forbid_unknown_fields=True):
+    path: str
+    fault: str = "none"  # none | segfault | exit | hang | leak | permanent
+    on_values: list[int] = []  # events whose value is one of these trigger the fault
+    leak_mb: int = 0  # for "leak": kept per triggering event
+
+
+class Faulty(BaseExperimentTracker):
+    """Records like Recorder, and misbehaves on chosen events the way real plugins do."""
+
+    service_name = "test-faulty"
+    Config = FaultyConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._leaked = []
+
+    def log_metric(self, key, value, step=0):
+        c = self.config
+        if value in c.on_values:
+            if c.fault == "segfault":
+                import ctypes
+
+                ctypes.string_at(0)  # a crash in a C extension
+            elif c.fault == "exit":
+                os._exit(3)
+            elif c.fault == "hang":
+                time.sleep(3600)  # a request without a timeout
+            elif c.fault == "leak":
+                self._leaked.append(bytearray(c.leak_mb << 20))
+            elif c.fault == "permanent":
+                from magnusd import PermanentError
+
+                raise PermanentError(f"the backend refuses {key}={value!r}")
+        r = self.run
+        with open(c.path, "a") as f:
+            f.write(json.dumps({"run_id": r.run_id, "key": key, "value": value,
+                                "step": step}) + "\n")
+
+    def on_step_end(self, run, status):
+        with open(self.config.path, "a") as f:
+            f.write(json.dumps({"step_end": run.step_name, "status": status}) + "\n")
