@@ -14,8 +14,10 @@ KIND is the type of the value given to `track_this(loss=v, step=i)`, i = 1..N:
 (all exact in their type, so the run log can be checked value by value). The N + 1 values (step
 0 is the warm-up call) are built before any call is timed; every call is then timed alone with
 perf_counter_ns, as in _track_client.py, and the timer's own cost is measured the same way in
-the same process first. numpy / torch are imported only by the cases that use them, before
-`magnus`.
+the same process first. The process's CPU time over the loop and the final flush(), the main
+thread's share of it and the SDK flusher thread's whole CPU time (/proc/self/task/TID/stat) are
+reported too: unlike the mean call time they do not count time the process waited for a CPU.
+numpy / torch are imported only by the cases that use them, before `magnus`.
 
 EXPECTED_DIR is the directory `magnus` must be imported from (the baseline's extracted copy or
 the working tree's sdk/magnus): the client refuses to run (exit 3) when it is not.
@@ -58,6 +60,22 @@ def build(kind: str, n: int) -> list[Any]:
     raise SystemExit(f"unknown kind {kind!r}; one of {', '.join(KINDS)}")
 
 
+def thread_cpu_s(name: str) -> float | None:
+    """CPU seconds (user + system) the named thread of this process has used, from /proc."""
+    import threading
+
+    for t in threading.enumerate():
+        if t.name == name and t.native_id is not None:
+            try:
+                with open(f"/proc/self/task/{t.native_id}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                return None
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
 def main() -> None:
     kind, n, expected_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     t_build = time.perf_counter()
@@ -81,6 +99,7 @@ def main() -> None:
     timer = timer_overhead(n)
     pc = time.perf_counter_ns
     out = array("q", bytes(8 * n))
+    cpu0, main0 = time.process_time(), time.thread_time()
     t_loop = time.perf_counter()
     for i in range(1, n + 1):
         v = values[i]
@@ -92,8 +111,11 @@ def main() -> None:
     t_flush = time.perf_counter()
     ok = flush(timeout=120)
     flush_s = time.perf_counter() - t_flush
+    cpu_s, main_cpu_s = time.process_time() - cpu0, time.thread_time() - main0
     res: dict[str, Any] = {"kind": kind, "calls": summary(out), "timer": summary(timer),
                            "loop_s": loop_s, "flush_ok": ok, "flush_s": flush_s,
+                           "cpu_s": cpu_s, "main_cpu_s": main_cpu_s,
+                           "flusher_cpu_s": thread_cpu_s("magnus-flusher"),
                            "import_s": import_s, "build_s": build_s,
                            "magnus_file": magnus.__file__,
                            "value_type": f"{type(values[1]).__module__}.{type(values[1]).__name__}"}

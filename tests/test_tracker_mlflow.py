@@ -263,3 +263,30 @@ with magnus.step("train"):
     assert run.data.tags["magnus.step.train"] == "FAIL"
     assert [(m.step, m.value) for m in client(uri).get_metric_history(run.info.run_id, "loss")
             ] == [(1, 0.5)]
+
+
+def test_requests_mlflow_refuses_as_invalid_are_permanent_errors(tmp_path: Path) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+
+    from magnusd import Event, PermanentError
+    from magnusd.trackers.mlflow import MlflowConfig, MlflowTracker
+
+    t = MlflowTracker(MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/p.db"))
+    t.state_dir = str(tmp_path)
+    t.start()
+    events = [Event("perm1", "", "main", "loss", 0.5, 1, time.time())]
+    t.log_batch(events)  # the real store takes it
+
+    def refuse(code: int) -> Callable[..., None]:
+        def log_batch(*args: Any, **kwargs: Any) -> None:
+            raise MlflowException("refused", error_code=code)
+        return log_batch
+
+    t._client.log_batch = refuse(INVALID_PARAMETER_VALUE)
+    with pytest.raises(PermanentError, match="refused"):
+        t.log_batch(events)
+    t._client.log_batch = refuse(INTERNAL_ERROR)  # may pass: retried, not dead-lettered
+    with pytest.raises(MlflowException):
+        t.log_batch(events)
+    t.close()

@@ -173,8 +173,8 @@ def test_client_context_is_a_writer_on_the_runs_directory(make_daemon: Callable[
     assert scalars(ea, "loss") == [(1, 0.25), (2, 0.125)]
     assert texts(ea) == {"user_note": [(2, "by hand")]}
     if Path("/proc/self/fd").is_dir():  # without per_step the run's writer stays open
-        assert d.proc is not None
-        assert [Path(f).name for f in open_under(d.proc.pid, run)] == [
+        (worker,) = [t["pid"] for t in d.status()["trackers"]]  # in the tracker's process
+        assert [Path(f).name for f in open_under(worker, run)] == [
             f for f in files if ".magnusd." in f]
 
 

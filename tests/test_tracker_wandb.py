@@ -214,7 +214,7 @@ def test_missing_extra_is_named_by_check_config_and_status(make_daemon: Callable
     assert r.returncode == 1, r.stdout + r.stderr
     assert "magnusd[wandb]" in r.stderr and "wb (wandb)" not in r.stdout
     d.start()
-    st = d.status()
+    st = wait_for(lambda: (s := d.status())["trackers"] and s, what="the tracker loaded")
     (t,) = st["trackers"]
     assert t["name"] == "wb" and t["state"] == "disabled"
     assert "pip install 'magnusd[wandb]'" in t["last_error"]

@@ -19,6 +19,9 @@ run's tag, or "Default" when it has none).
   gets its `/` replaced by `_`; keys are cut to 250 characters.
 - Requests: ≤ 1000 metrics and ≤ 100 tags per `log_batch`, < 1 MB. MLflow's own HTTP retries are
   turned down (the daemon retries with backoff and keeps the events meanwhile).
+- A request MLflow refuses as invalid (`INVALID_PARAMETER_VALUE`, `BAD_REQUEST`) raises
+  `PermanentError`: the daemon narrows it down to the events at fault, dead-letters those and
+  delivers the rest. Anything else (the server down, a timeout) is retried.
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ from typing import Any
 
 import msgspec
 
-from .._tracker import BaseExperimentTracker, Event, RunInfo
+from .._tracker import BaseExperimentTracker, Event, PermanentError, RunInfo
 
 MAX_METRICS, MAX_TAGS, MAX_BYTES = 1000, 100, 900_000
 MAX_KEY, MAX_TAG_VALUE = 250, 8000
 _BAD = re.compile(r"[^\w./\- :]")
+
+
+PERMANENT_CODES = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST"}
 
 
 class MlflowConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -203,7 +209,12 @@ class MlflowTracker(BaseExperimentTracker):
             if run_id in self._terminated:  # more events after a step end: running again
                 self._client.update_run(run_id, status="RUNNING")
                 del self._terminated[run_id]
-            self._send(run_id, metrics, [RunTag(k, v) for k, v in tags.items()])
+            try:
+                self._send(run_id, metrics, [RunTag(k, v) for k, v in tags.items()])
+            except Exception as e:
+                if getattr(e, "error_code", None) in PERMANENT_CODES:
+                    raise PermanentError(f"MLflow refused the batch: {e}") from e
+                raise
             self._steps.update((run_id, e.step_name) for e in events)
 
     def _send(self, run_id: str, metrics: list[Any], tags: list[Any]) -> None:
