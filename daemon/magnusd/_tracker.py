@@ -1,11 +1,13 @@
-"""The tracker plugin API (design §9): `BaseExperimentTracker`, `Event`, `RunInfo`.
+"""The tracker plugin API (design §9): `BaseExperimentTracker`, `Event`, `RunInfo`,
+`PermanentError`.
 
-A tracker is constructed by the daemon as `TrackerClass(config)`, with `config` its `config:`
-block decoded into `TrackerClass.Config` (a msgspec Struct) and kept as `self.config`. All its
-methods are called from worker threads, one call at a time per instance, never on the event loop,
-so blocking libraries are fine. An exception from any method is a failed delivery: the daemon
-retries the same events with exponential backoff and jitter, keeping them in the journal
-meanwhile.
+A tracker is constructed as `TrackerClass(config)`, with `config` its `config:` block decoded
+into `TrackerClass.Config` (a msgspec Struct) and kept as `self.config` — in the tracker's own
+worker process (`_worker.py`), never in the daemon. Delivery calls come one at a time, so
+blocking libraries are fine (`context_state` may run beside them). An exception from any method
+is a failed delivery: the same events are retried with exponential backoff and jitter, kept in
+the journal meanwhile; `PermanentError` marks events the backend will never take, which are
+dead-lettered instead.
 
 Lifecycle:  __init__(config) → start() → [on_run_start(run) → log_batch(events) →
             on_step_end(run, status)]* → close()
