@@ -29,7 +29,7 @@ from ._config import Config, ConfigError, TrackerDef
 from ._fanout import Cursor, CursorStore, start_cursor
 from ._journal import Journal
 from ._tracker import BaseExperimentTracker
-from ._workers import Runner, Worker, spawn
+from ._workers import Runner, Spawner, Worker
 
 log = logging.getLogger("magnusd.trackers")
 DEBOUNCE_MS = 200
@@ -82,6 +82,7 @@ class Trackers:
         self.path = config_path
         self.environ = environ
         self.journal_dir = journal.dir
+        self.spawner = Spawner()
         self.runners: dict[str, Runner] = {}
         self.text: str | None = None  # the config text last acted on
         self.loaded_at: float | None = None
@@ -108,14 +109,17 @@ class Trackers:
         and a tracker new at this start begins at the journal head as of the start, so it
         misses nothing journaled while it loaded.
         """
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            self._start_head = Cursor(self.journal.last_seq, self.journal.events)
-            task_status.started()
-            await self.reload("start", initial=True)
-            self._start_head = None
-            self.loaded.set()
-            await anyio.sleep_forever()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self._start_head = Cursor(self.journal.last_seq, self.journal.events)
+                task_status.started()
+                await self.reload("start", initial=True)
+                self._start_head = None
+                self.loaded.set()
+                await anyio.sleep_forever()
+        finally:
+            await self.spawner.aclose()
 
     # -- reload -----------------------------------------------------------------------------
 
@@ -141,6 +145,8 @@ class Trackers:
         self.text = text
         try:
             cfg = _config.parse(text or "", self.path, self.environ)
+            if initial:  # runs seen while the workers load already name these trackers
+                self._set_definitions(text)
             built = await self._construct(cfg, initial, text or "")
         except ConfigError as e:
             self.error = str(e)
@@ -151,9 +157,7 @@ class Trackers:
         self._swap(built)
         self.error = "\n".join(b.error for b in built if b.error) or None
         self.loaded_at = time.time()
-        self.definitions = _config.raw_definitions(text or "")
-        for cb in self.on_change:
-            cb(self.definitions)
+        self._set_definitions(text)
         log.info("config reload (%s) applied: %d tracker(s): %s", reason, len(self.runners),
                  ", ".join(f"{r.name} ({r.defn.type})" for r in self.runners.values())
                  or "none")
@@ -162,6 +166,11 @@ class Trackers:
     def _spec(self, d: TrackerDef) -> wire.Spec:
         return wire.Spec(d.key, d.type, d.config, self.journal_dir,
                          self.cursors.state_dir(d.key), self.cursors.dead_letter_path(d.key))
+
+    def _set_definitions(self, text: str | None) -> None:
+        self.definitions = _config.raw_definitions(text or "")
+        for cb in self.on_change:
+            cb(self.definitions)
 
     async def _construct(self, cfg: Config, initial: bool, text: str) -> list[Built]:
         """Workers for new and changed trackers, each constructed and ready, in parallel.
@@ -177,7 +186,7 @@ class Trackers:
             if old is not None and old.defn == d and old.constructed:
                 out[i] = Built(d, None, None, keep=True)  # unchanged: keep the runner
                 return
-            worker, error = await spawn(self._spec(d))
+            worker, error = await self.spawner.spawn(self._spec(d))
             if error is not None:
                 where = (f"$.experiment_tracker[{i}]" if isinstance(cfg.experiment_tracker, list)
                          else "$.experiment_tracker")

@@ -90,9 +90,21 @@ class Worker:
         except ProcessLookupError:
             pass
 
+    async def stop_idle(self) -> None:
+        """End a worker that has no tracker yet: closing its stdin is its signal to exit."""
+        with anyio.CancelScope(shield=True):
+            if self.proc.stdin is not None:
+                await self.proc.stdin.aclose()
+            with anyio.move_on_after(2):
+                await self.proc.wait()
+            self.kill()
+            await self.reap()
+
     async def reap(self) -> int:
+        """Wait for the process to end and release its pipes."""
         with anyio.CancelScope(shield=True):
             code = await self.proc.wait()
+            await self.proc.aclose()
         return code
 
     def rss_mb(self) -> float:
@@ -103,11 +115,39 @@ class Worker:
             return 0.0
 
 
+class Spawner:
+    """Starts worker processes, keeping one spare that has already started its interpreter
+    (about 0.1 s here), so a reload's new tracker starts receiving sooner."""
+
+    def __init__(self) -> None:
+        self._spare: anyio.abc.Process | None = None
+
+    async def _process(self) -> anyio.abc.Process:
+        return await anyio.open_process([sys.executable, "-m", "magnusd._worker"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=None)
+
+    async def spawn(self, spec: wire.Spec) -> tuple[Worker | None, str | None]:
+        proc, self._spare = self._spare, None
+        if proc is None or proc.returncode is not None:
+            proc = await self._process()
+        self._spare = await self._process()  # its start-up overlaps this tracker's
+        return await _ready(Worker(proc), spec)
+
+    async def aclose(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            await Worker(spare).stop_idle()
+
+
 async def spawn(spec: wire.Spec) -> tuple[Worker | None, str | None]:
     """Start a worker for `spec`; (worker, None) once its tracker is constructed."""
     proc = await anyio.open_process([sys.executable, "-m", "magnusd._worker"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
-    w = Worker(proc)
+    return await _ready(Worker(proc), spec)
+
+
+async def _ready(w: Worker, spec: wire.Spec) -> tuple[Worker | None, str | None]:
     reply: Any = None
     if await w.send(spec):
         with anyio.move_on_after(READY_TIMEOUT_S):
