@@ -81,6 +81,10 @@ class Ingress:
         self.refused_total = 0
         self.on_close: Callable[[], None] | None = None  # a client left (the reaper looks)
 
+    def stats(self) -> dict[str, int]:
+        return {"events_total": self.events_total, "clients": self.clients,
+                "messages_total": self.messages_total, "refused_clients": self.refused_total}
+
     def take(self, payloads: list[bytes], hello: proto.Hello | None
              ) -> tuple[int, list[proto.Sync], list[Any], proto.Hello | None, str | None]:
         """Decode a read's frames and journal what changes state.

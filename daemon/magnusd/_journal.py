@@ -190,6 +190,10 @@ class Journal:
         self.segments = segs
         return removed
 
+    def stats(self) -> dict[str, int]:
+        return {"last_seq": self.last_seq, "durable_seq": self.durable_seq,
+                "segments": len(self.segments), "bytes": self.disk_bytes()}
+
     def disk_bytes(self) -> int:
         total = 0
         for s in self.segments:

@@ -131,6 +131,9 @@ class RunStore:
         self._seen: dict[tuple[str, str], None] = {}
         self._last_checkpoint = time.monotonic()
 
+    def stats(self) -> dict[str, int]:
+        return {"applied_seq": self.applied_seq, "checkpoint_seq": self.durable_seq}
+
     def set_run_config(self, run_config: dict[str, object]) -> None:
         """New tracker definitions: recorded again for every run that gets events after this."""
         self.run_config = run_config

@@ -125,31 +125,26 @@ class Daemon:
     # -- status -----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        """Assembled from each service's own statistics (design §6)."""
         s = self.settings
         store = self.store
         return {
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 3),
-            "events_total": self.ingress.events_total,
-            "clients": self.ingress.clients,
+            **self.ingress.stats(),
             "config": {"path": s.config, "loaded_at": self.trackers.loaded_at,
                        "error": self.trackers.error},
             "trackers": self.trackers.status(),
             "socket": self.socket_path,
             "socket_activated": self.activated,
             "data_dir": s.data_dir,
-            "journal": {"last_seq": self.journal.last_seq, "durable_seq": self.journal.durable_seq,
-                        "segments": len(self.journal.segments),
-                        "bytes": self.journal.disk_bytes(), "max_bytes": s.journal_max_bytes,
-                        "cap_hit": self.cap_hit,
-                        "cap_deleted_segments": self.cap_deleted_segments},
-            "runlog": {"applied_seq": store.applied_seq if store else 0,
-                       "checkpoint_seq": store.durable_seq if store else 0},
+            "journal": self.journal.stats() | {
+                "max_bytes": s.journal_max_bytes, "cap_hit": self.cap_hit,
+                "cap_deleted_segments": self.cap_deleted_segments},
+            "runlog": store.stats() if store else {},
             "attempts": {"open": len(store.attempts.open) if store else 0,
                          "closed_dead": self.reaper.closed_total if self.reaper else 0},
-            "messages_total": self.ingress.messages_total,
             "duplicates_skipped": self.dedup.skipped,
-            "refused_clients": self.ingress.refused_total,
         }
 
     # -- lifecycle --------------------------------------------------------------------------
