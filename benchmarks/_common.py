@@ -140,18 +140,15 @@ class Daemon:
         raise TimeoutError(f"run log did not catch up within {timeout} s: {st}")
 
     def rss_kb(self) -> tuple[int, int]:
-        """(VmRSS, VmHWM) of the daemon process in kB, (0, 0) when unreadable."""
-        vals = {"VmRSS": 0, "VmHWM": 0}
-        try:
-            assert self.proc is not None
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    k = line.split(":")[0]
-                    if k in vals:
-                        vals[k] = int(line.split()[1])
-        except (OSError, AssertionError):
-            pass
-        return vals["VmRSS"], vals["VmHWM"]
+        """(VmRSS, VmHWM) of the daemon process in kB, (0, 0) when unreadable. The daemon
+        only: each tracker runs in its own worker process (see `workers`)."""
+        return mem_kb(self.proc.pid) if self.proc is not None else (0, 0)
+
+    def workers(self, st: dict[str, Any] | None = None) -> dict[str, int]:
+        """Tracker name -> its worker's pid, from `status` (trackers without a live worker
+        are left out)."""
+        st = st if st is not None else self.status()
+        return {t["name"]: t["pid"] for t in st.get("trackers", []) if t.get("pid")}
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, wait for the graceful exit; returns the exit code."""
@@ -179,6 +176,21 @@ class Daemon:
         return [ln for ln in self.log_text().splitlines()
                 if " WARNING " in ln or " ERROR " in ln or " CRITICAL " in ln
                 or ln.startswith("Traceback")]
+
+
+def mem_kb(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of process `pid` in kB from /proc/<pid>/status, (0, 0) when unreadable
+    (gone, or not ours to read)."""
+    vals = {"VmRSS": 0, "VmHWM": 0}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k = line.split(":")[0]
+                if k in vals:
+                    vals[k] = int(line.split()[1])
+    except OSError:
+        pass
+    return vals["VmRSS"], vals["VmHWM"]
 
 
 def metric_keys_ok(run: dict[str, Any], step_name: str, key: str, steps: range

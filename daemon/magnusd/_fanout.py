@@ -42,6 +42,7 @@ class CursorStore:
 
     def __init__(self, directory: str) -> None:
         self.dir = directory
+        self.unreadable: set[str] = set()  # cursors found unreadable (moved aside)
         os.makedirs(directory, mode=0o700, exist_ok=True)
 
     def _path(self, name: str, suffix: str = ".cursor") -> str:
@@ -55,21 +56,40 @@ class CursorStore:
         return path
 
     def load(self, name: str) -> Cursor | None:
+        """The saved cursor; None when there is none, or when it is unreadable (then moved
+        aside as `<name>.cursor.bad`: the caller starts at the oldest retained record, so
+        the tracker gets events again rather than missing any)."""
+        path = self._path(name)
         try:
-            with open(self._path(name)) as f:
-                d = json.load(f)
+            with open(path, "rb") as f:
+                d = json.loads(f.read())
             return Cursor(int(d["seq"]), int(d["mark"]))
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError) as e:
-            log.error("cursor of tracker %r is unreadable (%s); starting at the journal head",
-                      name, e)
+        except (ValueError, KeyError, TypeError) as e:
+            log.error("cursor of tracker %r is unreadable (%s); moved it to %s.bad and "
+                      "replaying the retained journal", name, e, path)
+            os.replace(path, path + ".bad")
+            self.unreadable.add(name)
             return None
+
+    def all(self) -> list[Cursor]:
+        out = []
+        for n in os.listdir(self.dir):
+            if n.endswith(".cursor"):
+                try:
+                    with open(os.path.join(self.dir, n), "rb") as f:
+                        d = json.loads(f.read())
+                    out.append(Cursor(int(d["seq"]), int(d["mark"])))
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+        return out
 
     def save(self, name: str, cur: Cursor) -> None:
         path = self._path(name)
         tmp = path + ".tmp"
-        with open(tmp, "w") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with open(fd, "w") as f:
             json.dump({"seq": cur.seq, "mark": cur.mark}, f)
         os.replace(tmp, path)  # a process crash keeps it; an OS crash may repeat one op
 

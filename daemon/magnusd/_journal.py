@@ -5,16 +5,23 @@ it; the run-log store (and the trackers) are consumers that read the journal at 
 cursor. One `append` is one `write` for all the records of a socket read; fsync runs in a worker
 thread at most `fsync_interval` apart, or at once when a client's `flush()` asks for it.
 
-Recovery (`open`) validates the last segment and truncates a torn tail, so the next record is
-appended right after the last valid one. Segments wholly below every consumer's durable cursor
-are deleted (`retain`).
+Recovery (`open`) validates the last segment. Damage there (a torn tail, a flipped bit, a zeroed
+length) is cut, but never blindly: a copy of the segment is kept in `journal/damaged/` as
+evidence, every intact record found after the damage is written back, and the next record is
+appended right after them. Sequence numbers are never reused, whatever recovery cut:
+`ensure_after` moves the next seq past what any consumer (run store, trackers) has seen. A
+damaged record in an older segment is skipped by readers, which resume at the next intact one.
+Segments wholly below every consumer's durable cursor are deleted (`retain`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
@@ -44,6 +51,9 @@ class Journal:
         self.durable_seq = 0  # last seq fsynced
         self.end = Position(1, 0)
         self.truncated_bytes = 0
+        self.salvaged_records = 0
+        self.damaged_copies: list[str] = []
+        self.skipped_bytes = 0  # damaged bytes readers skipped in older segments
         self._retired: list[int] = []  # fds of rotated segments awaiting their final fsync
         self._sync_now = anyio.Event()
         self._durable = anyio.Event()
@@ -67,16 +77,44 @@ class Journal:
             pass
         if good == 0 and len(self.segments) > 1:
             events = self._events_at_end_of(self.segments[-2])
+        salvaged: list[tuple[int, int, bytes]] = []
         if good < len(data):
+            salvaged = records.salvage(data, good, last)
             self.truncated_bytes = len(data) - good
-            log.warning("journal: truncated a torn tail of %d bytes in %s", len(data) - good, path)
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self.salvaged_records = len(salvaged)
+            self._keep_damaged(path)
+            log.warning("journal: %s was damaged at byte %d of %d; kept a copy in %s, wrote "
+                        "back %d intact record(s) found after the damage", path, good,
+                        len(data), self.damaged_copies[-1], len(salvaged))
+        del data
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         os.ftruncate(self.fd, good)
+        if salvaged:
+            back = b"".join(records.encode(seq, p, mark) for seq, mark, p in salvaged)
+            records.write_all(self.fd, back)
+            good += len(back)
+            last, events = salvaged[-1][0], max(events, salvaged[-1][1])
         os.fsync(self.fd)
         self.size = good
         self.last_seq = self.durable_seq = last
         self.events = events
         self.end = Position(first, good)
+
+    def _keep_damaged(self, path: str) -> None:
+        directory = os.path.join(self.dir, "damaged")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        copy = os.path.join(directory, f"{os.path.basename(path)}.{time.time_ns()}")
+        shutil.copyfile(path, copy)
+        self.damaged_copies.append(copy)
+
+    def ensure_after(self, seq: int, events: int) -> None:
+        """Never reuse a seq (or an event mark) a consumer has already passed: after a
+        recovery that cut records, the next record is numbered past them."""
+        if seq > self.last_seq:
+            log.warning("journal: recovery ended at seq %d but consumers had reached %d; "
+                        "numbering continues after %d", self.last_seq, seq, seq)
+            self.last_seq = self.durable_seq = seq
+        self.events = max(self.events, events)
 
     def _events_at_end_of(self, first_seq: int) -> int:
         events = 0
@@ -190,9 +228,12 @@ class Journal:
         self.segments = segs
         return removed
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return {"last_seq": self.last_seq, "durable_seq": self.durable_seq,
-                "segments": len(self.segments), "bytes": self.disk_bytes()}
+                "segments": len(self.segments), "bytes": self.disk_bytes(),
+                "recovery": {"truncated_bytes": self.truncated_bytes,
+                             "salvaged_records": self.salvaged_records,
+                             "damaged_copies": self.damaged_copies}}
 
     def disk_bytes(self) -> int:
         total = 0
@@ -268,8 +309,15 @@ class Reader:
                     continue
                 if later is None or active:
                     break  # a record still being written (read-only reader of a live journal)
-                log.error("journal: unreadable record in segment %d at offset %d; skipping to %d",
-                          self.segment, self.offset, later)
+                rest = records.read_file(path, self.offset, limit)
+                skip = records.resync(rest, 0, self.next_seq - 1)
+                log.error("journal: damaged record in segment %d at offset %d; skipped %d bytes "
+                          "to the next intact record", self.segment, self.offset, skip)
+                if self.journal is not None:
+                    self.journal.skipped_bytes += skip
+                self.offset += skip
+                if self.offset < limit:
+                    continue
             elif later is None or active:
                 break
             self.segment, self.offset = later, 0

@@ -50,6 +50,41 @@ def scan(data: bytes | memoryview, start: int = 0) -> Iterator[tuple[int, int, i
         pos = stop
 
 
+def resync(data: bytes | memoryview, start: int, after_seq: int = 0) -> int:
+    """The offset of the first valid record after damage at `start` (len(data) when none).
+
+    A candidate must have a plausible length and a seq above `after_seq`, and pass its CRC:
+    a false match in garbage is a 1 in 2**32 event.
+    """
+    end = len(data)
+    unpack = HEADER.unpack_from
+    pos = start + 1
+    while end - pos >= HEADER_SIZE:
+        n, crc, seq, mark = unpack(data, pos)
+        stop = pos + HEADER_SIZE + n
+        if n <= MAX_PAYLOAD and stop <= end and seq > after_seq and \
+                zlib.crc32(data[pos + HEADER_SIZE : stop], zlib.crc32(_SEQ.pack(seq, mark))) == crc:
+            return pos
+        pos += 1
+    return end
+
+
+def salvage(data: bytes | memoryview, start: int, after_seq: int
+            ) -> list[tuple[int, int, bytes]]:
+    """Every intact record after damage at `start`, in order: (seq, mark, payload)."""
+    out: list[tuple[int, int, bytes]] = []
+    pos = start
+    while pos < len(data):
+        pos = resync(data, pos, after_seq)
+        used = pos
+        for used, seq, mark, payload in scan(data, pos):  # noqa: B007 - keep the last
+            if seq > after_seq:
+                out.append((seq, mark, payload))
+                after_seq = seq
+        pos = max(used, pos)
+    return out
+
+
 def read_file(path: str, start: int = 0, end: int | None = None) -> bytes:
     """Bytes of `path` from `start` to `end` (EOF when None); empty when the file is missing."""
     try:

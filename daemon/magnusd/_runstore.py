@@ -81,11 +81,22 @@ def run_id_from_dirname(name: str) -> str:
     return urllib.parse.unquote(name)
 
 
-def load_checkpoint(data_dir: str) -> dict[str, Any]:
+def load_checkpoint(data_dir: str, move_bad: bool = False) -> dict[str, Any]:
+    """The checkpoint; an unreadable one counts as none (the retained journal is applied
+    again: harmless, later values win) and, with `move_bad`, is moved aside as `.bad`."""
+    path = os.path.join(data_dir, CHECKPOINT)
     try:
-        with open(os.path.join(data_dir, CHECKPOINT), "rb") as f:
-            return dict(json.load(f))
+        with open(path, "rb") as f:
+            d = json.loads(f.read())
+        int(d["applied_seq"])
+        return dict(d)
     except FileNotFoundError:
+        return {"applied_seq": 0}
+    except (ValueError, KeyError, TypeError) as e:
+        if move_bad:
+            log.error("runstore: %s is unreadable (%s); moved it to %s.bad and applying the "
+                      "retained journal again", path, e, path)
+            os.replace(path, path + ".bad")
         return {"applied_seq": 0}
 
 
@@ -120,7 +131,7 @@ class RunStore:
         self.data_dir = data_dir
         self.runs_dir = os.path.join(data_dir, "runs")
         os.makedirs(self.runs_dir, mode=0o700, exist_ok=True)
-        checkpoint = load_checkpoint(data_dir)
+        checkpoint = load_checkpoint(data_dir, move_bad=True)
         self.applied_seq = int(checkpoint["applied_seq"])  # last seq written to run files
         self.attempts = OpenAttempts.load(checkpoint.get("open_attempts"))
         self.durable_seq = self.applied_seq  # last seq covered by the checkpoint

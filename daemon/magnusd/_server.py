@@ -174,6 +174,9 @@ class Daemon:
         t0 = time.monotonic()
         self.journal.open()
         self.store = RunStore(self.settings.data_dir)
+        cursors = self.trackers.cursors.all()
+        self.journal.ensure_after(max([self.store.applied_seq, *(c.seq for c in cursors)]),
+                                  max((c.mark for c in cursors), default=0))
         # Rebuild the duplicate check from what clients may still resend: the records after the
         # run-store checkpoint, and at least the last segment.
         start = min(self.store.applied_seq + 1, self.journal.segments[-1])

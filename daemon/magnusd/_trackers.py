@@ -229,9 +229,11 @@ class Trackers:
                 runner = Runner(d, spec, self.journal, self.cursors, old.cursor, b.worker,
                                 b.error, after=old)
             else:
-                cursor = (self.cursors.load(d.key)
-                          or (self._start_head if self._start_head and not d.backfill else None)
-                          or start_cursor(self.journal, d.backfill))
+                cursor = self.cursors.load(d.key)
+                if cursor is None:
+                    replay = d.backfill or d.key in self.cursors.unreadable
+                    cursor = ((self._start_head if self._start_head and not replay else None)
+                              or start_cursor(self.journal, replay))
                 self.cursors.save(d.key, cursor)
                 runner = Runner(d, spec, self.journal, self.cursors, cursor, b.worker, b.error)
             new[d.key] = runner
