@@ -57,11 +57,14 @@ def wait_for(pred: Callable[[], Any], timeout: float, every: float = 0.05,
 class Daemon:
     """`magnusd serve` as a subprocess on private paths under `root`.
 
-    `command` replaces the default `[magnusd, "serve"]` (the ingest benchmark's profiler).
+    `command` replaces the default `[magnusd, "serve"]` (the ingest benchmark's profiler);
+    `extra_env` is added to its environment (its tracker workers inherit it), `cwd` is its
+    working directory (default: this process's).
     """
 
     def __init__(self, root: Path, spool_dir: str | None = None,
-                 command: Sequence[str] | None = None) -> None:
+                 command: Sequence[str] | None = None, extra_env: dict[str, str] | None = None,
+                 cwd: str | None = None) -> None:
         self.root = root
         (root / "s").mkdir(parents=True, exist_ok=True)
         os.chmod(root / "s", 0o700)
@@ -71,6 +74,8 @@ class Daemon:
         self.spool_dir = spool_dir
         self.log = root / "daemon.log"
         self.command = list(command) if command else [MAGNUSD, "serve"]
+        self.extra_env = dict(extra_env or {})
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.stop_s = float("nan")  # SIGTERM to exit
         self._status_fn: Callable[[str], dict[str, Any]] | None = None
@@ -81,13 +86,14 @@ class Daemon:
                       MAGNUS_CONFIG=self.config)
         if self.spool_dir:
             e["MAGNUS_SPOOL_DIR"] = self.spool_dir
+        e.update(self.extra_env)
         return e
 
     def start(self, timeout: float = 30.0) -> Daemon:
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(self.command, env=self.env, stdout=logf,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+                                         start_new_session=True, cwd=self.cwd)
         wait_for(self._answers, timeout, 0.05, "`magnusd status` to exit 0")
         return self
 

@@ -118,6 +118,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level, os.environ)
     settings = _settings(args)
+    # Everything the daemon creates is private (0600 files, 0700 directories); tracker
+    # workers get the user's own umask back for the files they write.
+    os.environ["MAGNUS_WORKER_UMASK"] = f"{os.umask(0o077):o}"
+
     async def serve() -> None:  # anyio primitives must be made inside the event loop
         await Daemon(settings, dict(os.environ)).run()
 

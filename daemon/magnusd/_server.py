@@ -7,6 +7,7 @@ journal, lets the run store catch up (bounded), checkpoints and removes the sock
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -40,7 +41,13 @@ RETENTION_EVERY_S = 5.0
 
 
 def _lock(path: str, what: str) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:  # a symlink planted here is never followed (it would get our pid written through it)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SettingsError(f"{path} is a symbolic link; remove it (the daemon never "
+                                "follows one there)") from None
+        raise SettingsError(f"cannot open the lock file {path}: {e.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -52,6 +59,16 @@ def _lock(path: str, what: str) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _own_dir(path: str, what: str) -> None:
+    """Refuse a directory (or the target of a symlink there) that another user owns or may
+    write: the daemon would otherwise write its files where that user chose."""
+    st = os.stat(path)
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise SettingsError(f"the {what} {path} (→ {os.path.realpath(path)}) is owned by uid "
+                            f"{st.st_uid} or writable by others (mode {st.st_mode & 0o777:o}); "
+                            "use a directory of your own")
 
 
 def _private_dir(directory: str) -> None:
@@ -102,6 +119,8 @@ class Daemon:
     def __init__(self, settings: Settings, environ: dict[str, str]) -> None:
         self.settings = settings
         self.environ = environ
+        os.makedirs(settings.data_dir, mode=0o700, exist_ok=True)
+        _own_dir(settings.data_dir, "data directory")  # before anything is written there
         self.started = time.time()
         self.journal = Journal(settings.journal_dir, settings.segment_bytes,
                                settings.fsync_interval)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 
 import anyio
 
@@ -32,11 +33,37 @@ def pending_files(directory: str) -> list[str]:
     return sorted(paths, key=lambda p: (os.stat(p).st_mtime if os.path.exists(p) else 0, p))
 
 
+def _read_trusted(path: str, allowed_uids: set[int]) -> tuple[bytes, str | None]:
+    """The file's bytes, unless it is a symlink, not a regular file, owned by a uid that may
+    not use this daemon, or writable by anyone (then: why it is refused)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return b"", "not a regular file"
+        if st.st_uid not in allowed_uids and -1 not in allowed_uids:
+            return b"", f"owned by uid {st.st_uid}, which may not use this daemon"
+        if st.st_mode & 0o002:
+            return b"", "writable by any user"
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks), None
+    finally:
+        os.close(fd)
+
+
 async def ingest_file(path: str, ingress: Ingress) -> int:
     """Journal one spool file and delete it once durable; return the events taken."""
     try:
-        data = await anyio.Path(path).read_bytes()
+        data, refused = await anyio.to_thread.run_sync(
+            _read_trusted, path, ingress.allowed_uids | {os.getuid()})
     except FileNotFoundError:
+        return 0
+    except OSError as e:  # ELOOP: a symlink planted in the spool directory
+        data, refused = b"", f"cannot be opened safely ({e.strerror})"
+    if refused:
+        _move_bad(path, f"refused: {refused}", 0)
         return 0
     payloads, used, error = proto.split_frames(data, ingress.max_frame)
     if not error and used != len(data):
@@ -55,15 +82,19 @@ async def ingest_file(path: str, ingress: Ingress) -> int:
     error = error or decode_error
     await ingress.journal.wait_durable(ingress.journal.last_seq, urgent=True)
     if error:
-        bad = os.path.join(os.path.dirname(path), "bad")
-        os.makedirs(bad, mode=0o700, exist_ok=True)
-        os.replace(path, os.path.join(bad, os.path.basename(path)))
-        log.error("spool file %s: %s; kept what came before it (%d events), moved the file to %s",
-                  path, error, nrec, bad)
+        _move_bad(path, error, nrec)
     else:
         os.unlink(path)
         log.info("ingested spool file %s: %d events", os.path.basename(path), nrec)
     return nrec
+
+
+def _move_bad(path: str, error: str, nrec: int) -> None:
+    bad = os.path.join(os.path.dirname(path), "bad")
+    os.makedirs(bad, mode=0o700, exist_ok=True)
+    os.replace(path, os.path.join(bad, os.path.basename(path)))
+    log.error("spool file %s: %s; kept what came before it (%d events), moved the file to %s",
+              path, error, nrec, bad)
 
 
 async def ingest_all(directory: str, ingress: Ingress) -> int:

@@ -298,6 +298,9 @@ def _construct(spec: wire.Spec) -> BaseExperimentTracker:
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    umask = os.environ.pop("MAGNUS_WORKER_UMASK", None)
+    if umask:
+        os.umask(int(umask, 8))
     out_fd = os.dup(1)
     os.dup2(2, 1)  # print() in a plugin must not corrupt the channel
     sys.stdout = sys.stderr
