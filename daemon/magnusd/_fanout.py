@@ -43,6 +43,7 @@ class CursorStore:
     def __init__(self, directory: str) -> None:
         self.dir = directory
         self.unreadable: set[str] = set()  # cursors found unreadable (moved aside)
+        self.failing: set[str] = set()  # cursors that could not be saved lately
         os.makedirs(directory, mode=0o700, exist_ok=True)
 
     def _path(self, name: str, suffix: str = ".cursor") -> str:
@@ -52,7 +53,10 @@ class CursorStore:
 
     def state_dir(self, name: str) -> str:
         path = self._path(name, ".state")
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        except OSError as e:  # the worker's tracker reports it when it needs the directory
+            log.error("cannot create %s: %s", path, e.strerror)
         return path
 
     def load(self, name: str) -> Cursor | None:
@@ -85,13 +89,23 @@ class CursorStore:
                     continue
         return out
 
-    def save(self, name: str, cur: Cursor) -> None:
+    def save(self, name: str, cur: Cursor) -> bool:
+        """Persist a cursor; False when it cannot be written now (disk full): the next save
+        writes the newer one, and a restart before it delivers a little again, never less."""
         path = self._path(name)
         tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with open(fd, "w") as f:
-            json.dump({"seq": cur.seq, "mark": cur.mark}, f)
-        os.replace(tmp, path)  # a process crash keeps it; an OS crash may repeat one op
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with open(fd, "w") as f:
+                json.dump({"seq": cur.seq, "mark": cur.mark}, f)
+            os.replace(tmp, path)  # a process crash keeps it; an OS crash may repeat one op
+        except OSError as e:
+            if name not in self.failing:
+                log.error("cannot save the cursor of tracker %r: %s", name, e.strerror)
+            self.failing.add(name)
+            return False
+        self.failing.discard(name)
+        return True
 
     def dead_letter_path(self, name: str) -> str:
         return self._path(name, ".dead.jsonl")

@@ -8,6 +8,12 @@ version — gets an `Error` frame and is disconnected; what it sent before the b
 and nobody else is affected.
 
 Resends are journaled once: the daemon remembers the last seq of every client id (`Dedup`).
+
+When the journal cannot be written (disk full, I/O error, read-only file system) nothing of the
+read is taken: the client gets an `Error` and is disconnected with its messages unacknowledged,
+so it keeps them, reconnects with backoff and sends them again. After a failed fsync every client
+is disconnected and the duplicate check forgotten: what was written since the last good fsync is
+sent again rather than trusted.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from anyio.abc import SocketAttribute, SocketStream
 from magnus import _protocol as proto
 from magnus._limits import MAX_FRAME
 
-from ._journal import Journal
+from ._journal import Journal, Unwritable
 
 log = logging.getLogger("magnusd.ingress")
 MAX_CLIENTS_REMEMBERED = 100_000
@@ -39,6 +45,14 @@ class Dedup:
     def __init__(self) -> None:
         self.last: dict[str, int] = {}
         self.skipped = 0
+
+    def undo(self, previous: dict[str, int | None]) -> None:
+        """Restore the last seqs as they were before `admit`s that were not journaled."""
+        for client_id, seq in previous.items():
+            if seq is None:
+                self.last.pop(client_id, None)
+            else:
+                self.last[client_id] = seq
 
     def admit(self, client_id: str, seq: int) -> bool:
         last = self.last.get(client_id)
@@ -80,6 +94,8 @@ class Ingress:
         self.messages_total = 0
         self.refused_total = 0
         self.on_close: Callable[[], None] | None = None  # a client left (the reaper looks)
+        self._connections: set[anyio.CancelScope] = set()
+        journal.on_fsync_failure.append(self.drop_all)
 
     def stats(self) -> dict[str, int]:
         return {"events_total": self.events_total, "clients": self.clients,
@@ -94,6 +110,7 @@ class Ingress:
         """
         to_journal = []
         counts = []
+        previous: dict[str, int | None] = {}  # dedup state to restore if the write fails
         syncs: list[proto.Sync] = []
         other: list[Any] = []
         nrec = 0
@@ -112,6 +129,8 @@ class Ingress:
                 if batch is not None and batch.keys and (problem := batch.malformed()):
                     error = f"malformed message: {problem}"
                     break
+                if msg.client_id not in previous:
+                    previous[msg.client_id] = self.dedup.last.get(msg.client_id)
                 if self.dedup.admit(msg.client_id, msg.seq):
                     to_journal.append(p)
                     n = batch.count() if batch is not None and batch.track else 0
@@ -138,10 +157,21 @@ class Ingress:
                 error = f"unexpected {type(msg).__name__} message from a client"
                 break
         if to_journal:
-            self.journal.append(to_journal, counts)
+            try:
+                self.journal.append(to_journal, counts)
+            except Unwritable as e:
+                self.dedup.undo(previous)
+                return 0, [], other, hello, f"{e}; nothing of this was taken, send it again later"
             self.events_total += nrec
             self.messages_total += len(to_journal)
         return nrec, syncs, other, hello, error
+
+    def drop_all(self) -> None:
+        """Disconnect every client, unacknowledged, and forget the duplicate check: what they
+        sent since the last good fsync will come again and be journaled again."""
+        self.dedup.last.clear()
+        for scope in list(self._connections):
+            scope.cancel()
 
     async def handle(self, stream: SocketStream) -> None:
         async with stream:
@@ -156,15 +186,19 @@ class Ingress:
                 return
             self.clients += 1
             send, receive = anyio.create_memory_object_stream[tuple[Any, ...]](math.inf)
+            scope = anyio.CancelScope()
+            self._connections.add(scope)
             try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._writer, stream, receive)
-                    async with send:
-                        try:
-                            await self._reader(stream, send, peer)
-                        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                            pass  # the writer found the client gone
+                with scope:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._writer, stream, receive)
+                        async with send:
+                            try:
+                                await self._reader(stream, send, peer)
+                            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                                pass  # the writer found the client gone
             finally:
+                self._connections.discard(scope)
                 self.clients -= 1
                 if self.on_close is not None:
                     self.on_close()

@@ -37,6 +37,11 @@ class Position:
     offset: int  # bytes written to it
 
 
+class Unwritable(Exception):
+    """The journal cannot take records now (disk full, I/O error, read-only file system):
+    nothing of the append was stored; the caller must not acknowledge it."""
+
+
 class Journal:
     def __init__(self, directory: str, segment_bytes: int = 64 << 20,
                  fsync_interval: float = 0.1) -> None:
@@ -55,6 +60,11 @@ class Journal:
         self.damaged_copies: list[str] = []
         self.skipped_bytes = 0  # damaged bytes readers skipped in older segments
         self._retired: list[int] = []  # fds of rotated segments awaiting their final fsync
+        self.error: str | None = None  # why the last write or fsync failed; None once one works
+        self.error_since: float | None = None
+        self.fsync_failures = 0
+        self.on_fsync_failure: list[Any] = []  # callbacks: what was written may be lost
+        self._must_rotate = False
         self._sync_now = anyio.Event()
         self._durable = anyio.Event()
         self._written = anyio.Event()
@@ -149,21 +159,46 @@ class Journal:
             total += n
             parts.append(encode(seq, p, total))
         data = b"".join(parts)
-        records.write_all(self.fd, data)
+        try:
+            if self._must_rotate:
+                self._rotate()
+            records.write_all(self.fd, data)
+        except OSError as e:
+            self._fail(f"cannot write the journal: {e.strerror}")
+            try:
+                os.ftruncate(self.fd, self.size)  # no partial record stays behind
+            except OSError:
+                self._must_rotate = True  # the tail is garbage: continue in a new segment
+            raise Unwritable(self.error) from e
+        self._ok()
         self.size += len(data)
         self.last_seq = seq
         self.events = total
         self.end = Position(self.end.segment, self.size)
         self._written.set()
         if self.size >= self.segment_bytes:
-            self._rotate()
+            self._must_rotate = True  # before the next write (which reports a failure)
         return seq
+
+    def _fail(self, error: str) -> None:
+        if self.error is None:
+            log.error("journal: %s; not acknowledging anything until it works again", error)
+            self.error_since = time.time()
+        self.error = error
+
+    def _ok(self) -> None:
+        if self.error is not None:
+            log.warning("journal: writable again after %.1f s (%s)",
+                        time.time() - (self.error_since or time.time()), self.error)
+        self.error = self.error_since = None
 
     def _rotate(self) -> None:
         first = self.last_seq + 1
+        fd = os.open(self.path(first), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+                     | os.O_NOFOLLOW, 0o600)
         self._retired.append(self.fd)
-        self.fd = os.open(self.path(first), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND,
-                          0o600)
+        self.fd = fd
+        self._must_rotate = False
         self.size = 0
         self.segments = (*self.segments, first)
         self.end = Position(first, 0)
@@ -192,12 +227,25 @@ class Journal:
             await self.sync()
 
     async def sync(self) -> None:
+        """fsync what was written. A failed fsync means the written data may be lost whatever
+        a later fsync says: it is never acknowledged — `on_fsync_failure` makes the clients
+        send it again — and writing continues in a new segment."""
         if self.durable_seq >= self.last_seq:
             return
         target = self.last_seq
         retired, self._retired = self._retired, []
         fds = [*retired, self.fd]
-        await anyio.to_thread.run_sync(_fsync_all, fds, retired)
+        try:
+            await anyio.to_thread.run_sync(_fsync_all, fds, retired)
+        except OSError as e:
+            self.fsync_failures += 1
+            self._fail(f"fsync failed: {e.strerror}")
+            for fd in retired:
+                _close_quietly(fd)
+            self._must_rotate = True
+            for callback in self.on_fsync_failure:
+                callback()
+            return
         self.durable_seq = max(self.durable_seq, target)
         event, self._durable = self._durable, anyio.Event()
         event.set()
@@ -231,6 +279,8 @@ class Journal:
     def stats(self) -> dict[str, Any]:
         return {"last_seq": self.last_seq, "durable_seq": self.durable_seq,
                 "segments": len(self.segments), "bytes": self.disk_bytes(),
+                "error": self.error, "fsync_failures": self.fsync_failures,
+                "skipped_bytes": self.skipped_bytes,
                 "recovery": {"truncated_bytes": self.truncated_bytes,
                              "salvaged_records": self.salvaged_records,
                              "damaged_copies": self.damaged_copies}}
@@ -243,6 +293,13 @@ class Journal:
             except FileNotFoundError:
                 pass
         return total
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _fsync_all(fds: list[int], close: list[int]) -> None:

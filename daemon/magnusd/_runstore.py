@@ -38,6 +38,7 @@ CHECKPOINT = "runlog.checkpoint"
 MAX_OPEN_FILES = 128
 MAX_SEEN_STEPS = 100_000
 CHECKPOINT_INTERVAL = 1.0
+RETRY_S = 1.0
 
 
 class BatchHead(msgspec.Struct, tag="batch", array_like=True):
@@ -141,9 +142,11 @@ class RunStore:
         self._checked: set[str] = set()  # files whose torn tail was checked since start
         self._seen: dict[tuple[str, str], None] = {}
         self._last_checkpoint = time.monotonic()
+        self.error: str | None = None  # why applying fails, while it does
 
-    def stats(self) -> dict[str, int]:
-        return {"applied_seq": self.applied_seq, "checkpoint_seq": self.durable_seq}
+    def stats(self) -> dict[str, Any]:
+        return {"applied_seq": self.applied_seq, "checkpoint_seq": self.durable_seq,
+                "error": self.error}
 
     def set_run_config(self, run_config: dict[str, object]) -> None:
         """New tracker definitions: recorded again for every run that gets events after this."""
@@ -177,7 +180,18 @@ class RunStore:
                 by_file.setdefault(os.path.join(rdir, "index"), []).append((seq, payload))
                 self.attempts.note(_mark_decoder.decode(payload))
         for path, items in by_file.items():
-            records.write_all(self._fd(path), records.encode_many(items))
+            fd = self._fd(path)
+            size = os.fstat(fd).st_size
+            try:
+                records.write_all(fd, records.encode_many(items))
+            except OSError:
+                self._seen.clear()  # the batch is applied again: index records too
+                try:
+                    os.ftruncate(fd, size)  # no partial record stays behind
+                except OSError:
+                    self._checked.discard(path)  # cut at the next open (a torn tail)
+                    self._close(path)
+                raise
             self._dirty.add(path)
         if batch:
             self.applied_seq = max(self.applied_seq, batch[-1][0])
@@ -204,6 +218,12 @@ class RunStore:
             os.close(ofd)
         return fd
 
+    def _close(self, path: str) -> None:
+        fd = self._fds.pop(path, None)
+        self._dirty.discard(path)
+        if fd is not None:
+            os.close(fd)
+
     def checkpoint(self, force: bool = False) -> None:
         """fsync the run files written since the last checkpoint, then record the seq."""
         if self.applied_seq == self.durable_seq:
@@ -228,14 +248,31 @@ class RunStore:
     # -- the consumer task ------------------------------------------------------------------
 
     async def follow(self, journal: Journal) -> None:
-        """Apply the journal from the checkpoint on, for as long as the daemon runs."""
+        """Apply the journal from the checkpoint on, for as long as the daemon runs.
+
+        A write that fails (disk full, I/O error) is retried every RETRY_S, from the last
+        record applied; `error` says why meanwhile. The journal keeps the records.
+        """
         reader = Reader(journal.dir, self.applied_seq + 1, journal)
         while True:
-            batch = await anyio.to_thread.run_sync(reader.read)
-            if batch:
-                await anyio.to_thread.run_sync(self._apply_and_checkpoint, batch)
-            else:
-                await anyio.to_thread.run_sync(self.checkpoint, True)
+            try:
+                batch = await anyio.to_thread.run_sync(reader.read)
+                if batch:
+                    await anyio.to_thread.run_sync(self._apply_and_checkpoint, batch)
+                else:
+                    await anyio.to_thread.run_sync(self.checkpoint, True)
+            except OSError as e:
+                if self.error is None:
+                    log.error("runstore: cannot write the run logs (%s); retrying every %.0f s",
+                              e.strerror, RETRY_S)
+                self.error = f"cannot write the run logs: {e.strerror}"
+                await anyio.sleep(RETRY_S)
+                reader = Reader(journal.dir, self.applied_seq + 1, journal)
+                continue
+            if self.error is not None:
+                log.warning("runstore: writing again")
+                self.error = None
+            if not batch:
                 with anyio.move_on_after(CHECKPOINT_INTERVAL):
                     await journal.wait_written(reader.next_seq - 1)
 

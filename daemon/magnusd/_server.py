@@ -164,7 +164,17 @@ class Daemon:
             "attempts": {"open": len(store.attempts.open) if store else 0,
                          "closed_dead": self.reaper.closed_total if self.reaper else 0},
             "duplicates_skipped": self.dedup.skipped,
+            **self.storage(),
         }
+
+    def storage(self) -> dict[str, Any]:
+        """Whether the daemon can write: while it cannot, nothing is acknowledged."""
+        store = self.store
+        errors = [e for e in (self.journal.error, store.error if store else None) if e]
+        errors += [f"cannot save the cursor of tracker {n!r}"
+                   for n in sorted(self.trackers.cursors.failing)]
+        full = any("No space left" in e or "quota" in e for e in errors)
+        return {"disk_full": full, "storage_errors": errors}
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -256,7 +266,7 @@ class Daemon:
                 tg.start_soon(self.trackers.watch, self.stopping)
                 tg.start_soon(self._retention)
                 # What clients spooled while no daemon ran is journaled before anyone is served.
-                n = await _spool.ingest_all(self.settings.spool_dir, self.ingress)
+                n, _ = await _spool.ingest_all(self.settings.spool_dir, self.ingress)
                 if n:
                     log.info("ingested %d spooled event(s)", n)
                 tg.start_soon(_spool.watch, self.settings.spool_dir, self.ingress, self.stopping)
@@ -323,7 +333,9 @@ class Daemon:
                              + (f" ({t['pending']} pending)" if t["pending"] else "")
                              for t in self.trackers.status()) or "no trackers"
         reload = "config error" if self.trackers.error else "config ok"
-        return (f"{rate:,.0f} events/s, {self.ingress.clients} client(s); {trackers}; "
+        storage = self.storage()["storage_errors"]
+        trouble = f"STORAGE: {storage[0]}; " if storage else ""
+        return (f"{trouble}{rate:,.0f} events/s, {self.ingress.clients} client(s); {trackers}; "
                 f"{reload}")
 
     async def _status_line(self) -> None:
@@ -356,9 +368,16 @@ class Daemon:
         assert self.store is not None
         store = self.store
         await self.journal.sync()
-        with anyio.move_on_after(SHUTDOWN_CATCH_UP_S):
-            await anyio.to_thread.run_sync(store.catch_up, self.journal)
-        await anyio.to_thread.run_sync(store.close)
-        self.journal.close()
+        try:  # a disk that is full or failing: the journal keeps what the run store lacks
+            with anyio.move_on_after(SHUTDOWN_CATCH_UP_S):
+                await anyio.to_thread.run_sync(store.catch_up, self.journal)
+            await anyio.to_thread.run_sync(store.close)
+        except OSError as e:
+            log.error("stopping: the run store could not catch up (%s); the next start "
+                      "applies the journal from its checkpoint", e.strerror)
+        try:
+            self.journal.close()
+        except OSError as e:
+            log.error("stopping: the journal's last fsync failed (%s)", e.strerror)
         log.info("stopped: %d events journaled this run, last seq %d", self.ingress.events_total,
                  self.journal.last_seq)

@@ -17,6 +17,7 @@ import anyio
 from magnus import _protocol as proto
 
 from ._ingress import Ingress
+from ._journal import Unwritable
 
 log = logging.getLogger("magnusd.spool")
 SUFFIX = ".spool"
@@ -70,17 +71,22 @@ async def ingest_file(path: str, ingress: Ingress) -> int:
         error = f"truncated frame at byte {used}"
     # In slices of about 1 MiB, so a large spool file never becomes a large heap.
     nrec, decode_error, i = 0, None, 0
+    failures = ingress.journal.fsync_failures
     while i < len(payloads) and decode_error is None:
         j, size = i, 0
         while j < len(payloads) and (j == i or size < SLICE_BYTES):
             size += len(payloads[j])
             j += 1
         n, _, _, _, decode_error = ingress.take(payloads[i:j], _SPOOL_HELLO)
+        if decode_error and ingress.journal.error:
+            raise Unwritable(ingress.journal.error)  # keep the file: taken again later
         nrec += n
         i = j
     del payloads
     error = error or decode_error
     await ingress.journal.wait_durable(ingress.journal.last_seq, urgent=True)
+    if ingress.journal.fsync_failures != failures:
+        raise Unwritable("an fsync failed while the spool file was journaled")
     if error:
         _move_bad(path, error, nrec)
     else:
@@ -97,11 +103,20 @@ def _move_bad(path: str, error: str, nrec: int) -> None:
               path, error, nrec, bad)
 
 
-async def ingest_all(directory: str, ingress: Ingress) -> int:
+async def ingest_all(directory: str, ingress: Ingress) -> tuple[int, bool]:
+    """Ingest every spool file: (events taken, whether files were left for later because
+    the journal cannot be written)."""
     total = 0
     for path in pending_files(directory):
-        total += await ingest_file(path, ingress)
-    return total
+        try:
+            total += await ingest_file(path, ingress)
+        except Unwritable as e:
+            log.error("spool files stay until the journal can be written again: %s", e)
+            return total, True
+    return total, False
+
+
+RETRY_S = 2.0
 
 
 async def watch(directory: str, ingress: Ingress, stop: anyio.Event) -> None:
@@ -112,7 +127,25 @@ async def watch(directory: str, ingress: Ingress, stop: anyio.Event) -> None:
     import watchfiles
 
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    await ingest_all(directory, ingress)  # files that appeared before the watch began
-    async for _ in watchfiles.awatch(directory, watch_filter=lambda _c, p: p.endswith(SUFFIX),
-                                     debounce=200, step=50, stop_event=stop, rust_timeout=1000):
-        await ingest_all(directory, ingress)
+    left = [False]
+    lock = anyio.Lock()
+
+    async def once() -> None:
+        async with lock:
+            left[0] = (await ingest_all(directory, ingress))[1]
+
+    async def retry() -> None:  # files left while the journal could not be written
+        while True:
+            await anyio.sleep(RETRY_S)
+            if left[0]:
+                await once()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(retry)
+        await once()  # files that appeared before the watch began
+        async for _ in watchfiles.awatch(directory,
+                                         watch_filter=lambda _c, p: p.endswith(SUFFIX),
+                                         debounce=200, step=50, stop_event=stop,
+                                         rust_timeout=1000):
+            await once()
+        tg.cancel_scope.cancel()

@@ -475,7 +475,8 @@ class Client:
             msg = proto.decoder.decode(f)
             if isinstance(msg, proto.Ack):
                 acked = max(acked, msg.seq)
-            elif isinstance(msg, proto.Error):
+            elif isinstance(msg, proto.Error) and msg.message != self.last_error:
+                self.last_error = msg.message  # said once, not at every reconnect
                 self._warn(f"daemon error: {msg.message}")
         if acked:
             self._mark_done(acked)
