@@ -100,6 +100,7 @@ class Track:
             return  # gone: keep what was seen
         if self.first == (0, 0):
             self.first = (rss, hwm)
+        self.comm = comm(self.pid) or self.comm  # a child may exec after it was first seen
         self.last = (rss, hwm)
         self.max_rss = max(self.max_rss, rss)
 
@@ -278,7 +279,7 @@ def report(args: argparse.Namespace, cases: dict[str, dict[str, Any]], load0: st
            f"mark over the whole process life, start-up included).\n"]
     problems: list[str] = []
     rows = []
-    for name, r in cases.items():
+    for r in cases.values():
         dm = r["daemon"]
         peak = dm["last"][1]
         rows.append([

@@ -460,16 +460,24 @@ def report(args: argparse.Namespace, swap: dict[str, Any] | None,
                        f"{statistics.median(ratios):.1%}** (target ≥ {INGEST_TARGET:.0%}). "
                        f"Fan-out events/s: median **{statistics.median(fan):,.0f}** "
                        f"(min {min(fan):,.0f}, max {max(fan):,.0f}).\n")
+        reps = [(r.get("round", 1), r["replay"]) for r in fans if r["tracker"]]
+        if reps:
+            out.append("\nThe `file` tracker alone (the same daemon, idle after the round: a "
+                       "second `file` tracker with `backfill: true` replays the retained "
+                       "journal; events/s from its `config.loaded_at`):\n")
+            out.append(C.table(
+                ["round", "events", "s from loaded_at", "events/s", "s from the replace",
+                 "lines in file", "missing / duplicated"],
+                [[rnd, f"{rp['delivered']:,}", f"{rp['s']:.2f}", f"**{rp['eps']:,.0f}**",
+                  f"{rp['from_replace_s']:.2f}", f"{rp['lines']:,}",
+                  f"{rp['missing']} / {rp['duplicates']}"] for rnd, rp in reps]))
+            out.append("")
         for r in fans:
             if not r["tracker"]:
                 continue
             rp = r["replay"]
-            out.append(f"\nThe `file` tracker alone (idle daemon, `backfill: true` replay of the "
-                       f"retained journal): {rp['delivered']:,} events in {rp['s']:.2f} s from "
-                       f"`config.loaded_at` = **{rp['eps']:,.0f} events/s** "
-                       f"({rp['from_replace_s']:.2f} s from the replace); file lines "
-                       f"{rp['lines']:,}, missing {rp['missing']}, duplicated "
-                       f"{rp['duplicates']}.\n")
+            if rp["missing"] or rp["duplicates"] or rp["lines"] != r["events"]:
+                problems.append(f"fan-out replay: file check failed: {rp}")
             c = r["check"]
             if (c["missing"] or c["duplicates"] or c["unexpected"] or c["lines"] != r["events"]
                     or not r["flush_ok"]):

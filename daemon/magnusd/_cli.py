@@ -111,6 +111,15 @@ def configure_logging(level: str, environ: Any) -> None:
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # one line per file event
 
 
+def _raise_fd_limit() -> None:
+    """One descriptor per client: take the hard limit (when the soft one is lower)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import anyio
 
@@ -121,6 +130,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Everything the daemon creates is private (0600 files, 0700 directories); tracker
     # workers get the user's own umask back for the files they write.
     os.environ["MAGNUS_WORKER_UMASK"] = f"{os.umask(0o077):o}"
+    _raise_fd_limit()
 
     async def serve() -> None:  # anyio primitives must be made inside the event loop
         await Daemon(settings, dict(os.environ)).run()

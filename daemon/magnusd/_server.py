@@ -38,6 +38,8 @@ log = logging.getLogger("magnusd")
 SHUTDOWN_CATCH_UP_S = 20.0
 SHUTDOWN_DRAIN_S = 10.0  # trackers' share of the stop (systemd's TimeoutStopSec covers both)
 RETENTION_EVERY_S = 5.0
+ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+ACCEPT_PAUSE_S = 0.1
 
 
 def _lock(path: str, what: str) -> int:
@@ -130,6 +132,7 @@ class Daemon:
         self.trackers = Trackers(self.journal, settings.data_dir, settings.config, environ)
         self.store: RunStore | None = None
         self.reaper: Reaper | None = None
+        self.accept_errors = 0
         self.host = host_from(environ)
         self.cap_hit = False
         self.cap_deleted_segments = 0
@@ -164,6 +167,7 @@ class Daemon:
             "attempts": {"open": len(store.attempts.open) if store else 0,
                          "closed_dead": self.reaper.closed_total if self.reaper else 0},
             "duplicates_skipped": self.dedup.skipped,
+            "accept_errors": self.accept_errors,
             **self.storage(),
         }
 
@@ -287,8 +291,24 @@ class Daemon:
                 await self._shutdown()
 
     async def _listen(self, listener: SocketListener) -> None:
+        """Accept clients. Out of file descriptors (or memory), accepting pauses briefly:
+        waiting clients stay in the backlog (or retry: the SDK reconnects with backoff) and
+        everyone already connected is served on."""
         with self.serving:
-            await listener.serve(self.ingress.handle)
+            async with anyio.create_task_group() as tg:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except anyio.BrokenResourceError as e:
+                        cause = e.__cause__
+                        if not isinstance(cause, OSError) or cause.errno not in ACCEPT_RETRY:
+                            raise
+                        if not self.accept_errors:
+                            log.error("cannot accept clients: %s; pausing accept", cause)
+                        self.accept_errors += 1
+                        await anyio.sleep(ACCEPT_PAUSE_S)
+                        continue
+                    tg.start_soon(self.ingress.handle, stream)
 
     async def _signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:

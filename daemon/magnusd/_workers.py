@@ -129,9 +129,13 @@ class Spawner:
 
     async def spawn(self, spec: wire.Spec) -> tuple[Worker | None, str | None]:
         proc, self._spare = self._spare, None
-        if proc is None or proc.returncode is not None:
-            proc = await self._process()
-        self._spare = await self._process()  # its start-up overlaps this tracker's
+        try:
+            if proc is None or proc.returncode is not None:
+                proc = await self._process()
+            self._spare = await self._process()  # its start-up overlaps this tracker's
+        except OSError as e:
+            if proc is None:
+                return None, f"cannot start a worker process: {e.strerror}"
         return await _ready(Worker(proc), spec)
 
     async def aclose(self) -> None:
@@ -142,8 +146,12 @@ class Spawner:
 
 async def spawn(spec: wire.Spec) -> tuple[Worker | None, str | None]:
     """Start a worker for `spec`; (worker, None) once its tracker is constructed."""
-    proc = await anyio.open_process([sys.executable, "-m", "magnusd._worker"],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
+    try:
+        proc = await anyio.open_process([sys.executable, "-m", "magnusd._worker"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=None)
+    except OSError as e:  # out of processes, file descriptors or memory: retried later
+        return None, f"cannot start a worker process: {e.strerror}"
     return await _ready(Worker(proc), spec)
 
 
