@@ -278,7 +278,7 @@ def report(args: argparse.Namespace, cases: dict[str, dict[str, Any]], load0: st
            f"sampled every {args.every:g} s. MB = MiB. Peak = VmHWM (the kernel's high-water "
            f"mark over the whole process life, start-up included).\n"]
     problems: list[str] = []
-    rows = []
+    rows: list[list[Any]] = []
     for r in cases.values():
         dm = r["daemon"]
         peak = dm["last"][1]
