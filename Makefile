@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench lint clean systemd-analyze
+.PHONY: run test soak bench lint clean systemd-analyze
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,12 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-test systemd-analyze
 	$(BIN)/python -m pytest -q
+
+# The long form of tests/reliability (make test runs them CI-sized): 100 kill -9 cycles,
+# 5,000 fuzz examples. About 10 minutes here.
+soak: $(VENV)/.installed-test
+	MAGNUS_CRASH_CYCLES=100 MAGNUS_FUZZ_EXAMPLES=5000 $(BIN)/python -m pytest -q -s \
+		tests/reliability
 
 # The unit-file checks need systemd-analyze (Debian package: systemd); install it when we can.
 systemd-analyze:

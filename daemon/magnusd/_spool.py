@@ -26,9 +26,16 @@ _SPOOL_HELLO = proto.Hello(proto.PROTOCOL_VERSION, "spool")
 
 
 def pending_files(directory: str) -> list[str]:
+    """The spool files to ingest, oldest first; none from a directory (or a symlink's target)
+    that another user owns: files there are theirs to plant."""
     try:
+        owner = os.stat(directory).st_uid
         names = os.listdir(directory)
     except FileNotFoundError:
+        return []
+    if owner != os.getuid():
+        log.error("spool directory %s is owned by uid %d, not this daemon's: not ingesting from "
+                  "it", directory, owner)
         return []
     paths = [os.path.join(directory, n) for n in names if n.endswith(SUFFIX)]
     return sorted(paths, key=lambda p: (os.stat(p).st_mtime if os.path.exists(p) else 0, p))

@@ -123,3 +123,17 @@ def test_secrets_given_through_variables_appear_in_no_output(make_daemon: Callab
     assert any("dead.jsonl" in k for k in outputs)  # the dead-letter file was checked too
     leaked = [k for k, v in outputs.items() if secret in v]
     assert leaked == []
+
+
+def test_a_spool_directory_of_another_user_is_not_ingested(make_daemon: Callable[..., Daemon],
+                                                           root: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to make a directory owned by another user")
+    theirs = root / "theirs"
+    d = make_daemon("", extra_env={"MAGNUS_SPOOL_DIR": str(theirs)})
+    d.client("from magnus import track_this\ntrack_this(x=1)\n", MAGNUS_RUN_ID="planted",
+             MAGNUS_EXIT_TIMEOUT="0.3")  # spooled there, as if another user had put it
+    os.chown(theirs, 65534, 65534)
+    d.start()
+    wait_for(lambda: "not ingesting from it" in d.log.read_text(), what="the refusal logged")
+    assert d.show("planted") is None and list(theirs.glob("*.spool"))
