@@ -105,7 +105,9 @@ class Worker:
 
     def _answer(self, ask: wire.Ask) -> None:
         tracker = self.tracker
-        assert tracker is not None
+        if tracker is None:
+            self.send(wire.Answer(ask.id, {}, "the tracker is still loading"))
+            return
         try:
             state = tracker.context_state(RunInfo(ask.run_id, ask.tag, ask.step_name))
             self.send(wire.Answer(ask.id, dict(state)))
@@ -118,14 +120,16 @@ class Worker:
         spec = self.spec = self._read_first()
         logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                             format=f"%(levelname)s magnusd.worker[{spec.name}]: %(message)s")
+        # From here a closed stdin ends the process, even while a plugin hangs in __init__.
+        threading.Thread(target=self._commands, name="commands", daemon=True).start()
         try:
-            self.tracker = _construct(spec)
+            tracker = _construct(spec)
         except Exception as e:
             self.send(wire.Ready(str(e) if isinstance(e, _ConstructError)
                                  else f"{type(e).__name__}: {e}"))
             return
-        self.tracker.state_dir = spec.state_dir
-        threading.Thread(target=self._commands, name="commands", daemon=True).start()
+        tracker.state_dir = spec.state_dir
+        self.tracker = tracker
         self.send(wire.Ready())
         with self.cond:
             while self.go is None and not self.stopping:

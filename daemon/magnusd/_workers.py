@@ -157,9 +157,14 @@ async def spawn(spec: wire.Spec) -> tuple[Worker | None, str | None]:
 
 async def _ready(w: Worker, spec: wire.Spec) -> tuple[Worker | None, str | None]:
     reply: Any = None
-    if await w.send(spec):
-        with anyio.move_on_after(READY_TIMEOUT_S):
-            reply = await w.receive()
+    try:
+        if await w.send(spec):
+            with anyio.move_on_after(READY_TIMEOUT_S):
+                reply = await w.receive()
+    except BaseException:  # cancelled (shutdown) while the tracker loads: no orphan
+        w.kill()
+        await w.reap()
+        raise
     if isinstance(reply, wire.Ready) and reply.error is None:
         return w, None
     w.kill()
