@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test soak bench lint clean systemd-analyze
+.PHONY: run test soak bench lint clean systemd-analyze chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml tests/plugin/pyproject.tom
 run: $(VENV)/.installed
 	$(BIN)/magnusd serve
 
-test: $(VENV)/.installed-test systemd-analyze
+test: $(VENV)/.installed-test systemd-analyze chromium
 	$(BIN)/python -m pytest -q
 
 # The long form of tests/reliability (make test runs them CI-sized): 100 kill -9 cycles,
@@ -28,6 +28,11 @@ test: $(VENV)/.installed-test systemd-analyze
 soak: $(VENV)/.installed-test
 	MAGNUS_CRASH_CYCLES=100 MAGNUS_FUZZ_EXAMPLES=5000 $(BIN)/python -m pytest -q -s \
 		tests/reliability
+
+# The viewer's browser tests drive Debian's Chromium through its chromedriver (never a
+# downloaded browser); install both when we can.
+chromium:
+	@command -v chromedriver >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || echo "chromium/chromedriver are not available: the browser tests will be skipped"
 
 # The unit-file checks need systemd-analyze (Debian package: systemd); install it when we can.
 systemd-analyze:

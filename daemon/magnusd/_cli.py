@@ -1,4 +1,4 @@
-"""`magnusd`: serve | status | runs | show | check-config (design §6).
+"""`magnusd`: serve | status | runs | show | ui | tail | compare | check-config (design §6, §12).
 
 Every command prints a one-line error and exits non-zero on failure. `runs` and `show` read the
 data directory directly, so they work whether or not the daemon runs.
@@ -51,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
                    help="journal disk cap (env MAGNUS_JOURNAL_MAX_BYTES; 10 GiB)")
     p.add_argument("--log-level", dest="log_level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--ui-listen", dest="ui_listen", metavar="HOST:PORT",
+                   help="where the web viewer listens (env MAGNUS_UI_LISTEN; 127.0.0.1:7470)")
+    p.add_argument("--no-ui", dest="no_ui", action="store_true", help="no web viewer")
 
     p = sub.add_parser("status", help="the running daemon's state (exit 3 when not running)")
     _common(p, "socket")
@@ -65,6 +68,22 @@ def parser() -> argparse.ArgumentParser:
     _common(p, "data_dir")
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", metavar="KEY", help="a terminal chart of one metric's series")
+    p.add_argument("--step-name", dest="step_name", help="the step of --plot's key")
+
+    p = sub.add_parser("ui", help="open the web viewer (or print its link with --print-url)")
+    _common(p, "socket")
+    p.add_argument("--print-url", dest="print_url", action="store_true")
+
+    p = sub.add_parser("tail", help="live events, one line each, until interrupted")
+    _common(p, "data_dir")
+    p.add_argument("--run", help="only this run")
+    p.add_argument("--tag", help="only runs of this tag")
+    p.add_argument("--key", help="only this metric")
+
+    p = sub.add_parser("compare", help="each metric's last/min/max, per run")
+    _common(p, "data_dir")
+    p.add_argument("run_ids", metavar="RUN", nargs="+")
 
     p = sub.add_parser("install-units", help="write the systemd units for this installation")
     scope = p.add_mutually_exclusive_group()
@@ -211,6 +230,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     from ._runlog import load_run
 
     data_dir = _settings(args).data_dir
+    if args.plot:
+        from ._terminal import plot
+
+        print(plot(data_dir, args.run_id, args.plot, args.step_name))
+        return 0
     run = load_run(data_dir, args.run_id)
     if run is None:
         raise MagnusdError(f"no run {args.run_id!r} in {data_dir} (see `magnusd runs`)")
@@ -261,9 +285,35 @@ def cmd_install_units(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from ._terminal import ui_url
+
+    settings = _settings(args)
+    url = ui_url(settings, request_status(settings.socket))
+    if not args.print_url:
+        import webbrowser
+
+        webbrowser.open(url)
+    print(url)
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from ._terminal import tail
+
+    return tail(_settings(args), args.run, args.tag, args.key)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ._terminal import compare_table
+
+    print(compare_table(_settings(args).data_dir, args.run_ids))
+    return 0
+
+
 COMMANDS = {"serve": cmd_serve, "install-units": cmd_install_units, "status": cmd_status,
-            "runs": cmd_runs, "show": cmd_show,
-            "check-config": cmd_check_config}
+            "runs": cmd_runs, "show": cmd_show, "ui": cmd_ui, "tail": cmd_tail,
+            "compare": cmd_compare, "check-config": cmd_check_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,7 +47,7 @@ class CursorStore:
         os.makedirs(directory, mode=0o700, exist_ok=True)
 
     def _path(self, name: str, suffix: str = ".cursor") -> str:
-        from ._runstore import run_dirname
+        from ._names import run_dirname
 
         return os.path.join(self.dir, run_dirname(name) + suffix)
 

@@ -31,6 +31,23 @@ _index_decoder = msgspec.msgpack.Decoder(StepSeen | proto.StepMark)
 _message_decoder = msgspec.msgpack.Decoder(proto.Batch | proto.StepMark)
 
 
+class _StepsHead(msgspec.Struct, tag="batch", array_like=True):
+    """A batch up to its steps (its values, the costly part, are not decoded)."""
+
+    client_id: str
+    seq: int
+    run_id: str
+    tag: str
+    step_name: str
+    records: list[Any]
+    track: bool = True
+    keys: list[str] = []
+    steps: list[int] = []
+
+
+_steps_decoder = msgspec.msgpack.Decoder(_StepsHead | MarkHead)
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat()
 
@@ -54,8 +71,9 @@ class _Fold:
     wins whenever it arrives. Metrics of a rank other than 0 go to the step's `rank_metrics`.
     """
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, step0_only: bool = False) -> None:
         self.run_id = run_id
+        self.step0_only = step0_only  # keep only the metrics tracked at step 0
         self.tag = ""
         self.run_config: dict[str, Any] = {"experiment_tracker": []}
         self.steps: dict[str, dict[str, Any]] = {}
@@ -82,7 +100,7 @@ class _Fold:
             for step, ts, metrics in msg.rows():
                 if step == 0:
                     udm.update(metrics)
-                else:
+                elif not self.step0_only:
                     for k, v in metrics.items():
                         udm[f"{k}_{step}"] = v
                 self.updated = max(self.updated, ts)
@@ -135,26 +153,34 @@ def _fold_file_then_tail(fold: _Fold, stored: list[tuple[int, bytes]],
                          tail: list[tuple[int, bytes]], decoder: Any) -> None:
     last = 0
     for seq, payload in stored:
-        fold.add(decoder.decode(payload))
+        if not (fold.step0_only and _no_step_0(payload)):
+            fold.add(decoder.decode(payload))
         last = max(last, seq)
     for seq, payload in tail:
-        if seq > last:
+        if seq > last and not (fold.step0_only and _no_step_0(payload)):
             fold.add(_message_decoder.decode(payload))
+
+
+def _no_step_0(payload: bytes) -> bool:
+    """A columnar batch with no point at step 0: nothing for a step-0-only fold."""
+    h = _steps_decoder.decode(payload)
+    return type(h) is _StepsHead and bool(h.keys) and 0 not in h.steps
 
 
 def _stored(path: str) -> list[tuple[int, bytes]]:
     return [(seq, p) for _, seq, _, p in records.scan(records.read_file(path))]
 
 
-def load_run(data_dir: str, run_id: str) -> dict[str, Any] | None:
-    """The RunLog of `run_id`, or None when nothing of it was ever journaled."""
+def load_run(data_dir: str, run_id: str, step0_only: bool = False) -> dict[str, Any] | None:
+    """The RunLog of `run_id`, or None when nothing of it was ever journaled (with
+    `step0_only`, only the metrics tracked at step 0: the viewer reads series elsewhere)."""
     rdir = os.path.join(data_dir, "runs", run_dirname(run_id))
     index = _stored(os.path.join(rdir, "index"))
     stored = _stored(os.path.join(rdir, "log"))
     tail = _journal_tail(data_dir, run_id)
     if not index and not stored and not tail:
         return None
-    fold = _Fold(run_id)
+    fold = _Fold(run_id, step0_only)
     for _, payload in index:
         msg = _index_decoder.decode(payload)
         if type(msg) is StepSeen:

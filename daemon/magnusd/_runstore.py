@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import time
-import urllib.parse
 from collections import OrderedDict
 from typing import Any
 
@@ -29,13 +28,16 @@ import msgspec
 from magnus import _protocol as proto
 
 from . import _records as records
+from . import _series
 from ._attempts import OpenAttempts
 from ._journal import Journal, Reader
+from ._names import run_dirname as run_dirname
+from ._names import run_id_from_dirname as run_id_from_dirname
 
 log = logging.getLogger("magnusd.runstore")
 
 CHECKPOINT = "runlog.checkpoint"
-MAX_OPEN_FILES = 128
+MAX_OPEN_FILES = 512
 MAX_SEEN_STEPS = 100_000
 CHECKPOINT_INTERVAL = 1.0
 RETRY_S = 1.0
@@ -68,18 +70,9 @@ class StepSeen(msgspec.Struct, tag="seen", array_like=True):
 
 
 head_decoder = msgspec.msgpack.Decoder(BatchHead | MarkHead)
+_batch_decoder = msgspec.msgpack.Decoder(proto.Batch)
 _mark_decoder = msgspec.msgpack.Decoder(proto.StepMark)
 _encoder = msgspec.msgpack.Encoder()
-
-
-def run_dirname(run_id: str) -> str:
-    """A file name for any run id: percent-encoded, and never '.' or '..'-like."""
-    name = urllib.parse.quote(run_id, safe="-_")
-    return name.replace(".", "%2E")
-
-
-def run_id_from_dirname(name: str) -> str:
-    return urllib.parse.unquote(name)
 
 
 def load_checkpoint(data_dir: str, move_bad: bool = False) -> dict[str, Any]:
@@ -141,6 +134,7 @@ class RunStore:
         self._dirty: set[str] = set()
         self._checked: set[str] = set()  # files whose torn tail was checked since start
         self._seen: dict[tuple[str, str], None] = {}
+        self._last_step: dict[str, int] = {}  # per series file: the highest step written
         self._last_checkpoint = time.monotonic()
         self.error: str | None = None  # why applying fails, while it does
 
@@ -157,6 +151,7 @@ class RunStore:
 
     def apply(self, batch: list[tuple[int, int, bytes]]) -> None:
         by_file: dict[str, list[tuple[int, bytes]]] = {}
+        series: dict[str, list[_series.Points]] = {}
         for seq, _, payload in batch:
             if seq <= self.applied_seq:
                 continue
@@ -179,6 +174,12 @@ class RunStore:
             if type(h) is MarkHead:
                 by_file.setdefault(os.path.join(rdir, "index"), []).append((seq, payload))
                 self.attempts.note(_mark_decoder.decode(payload))
+            else:
+                msg = _batch_decoder.decode(payload)
+                if msg.track:
+                    for name, points in _series.collect(msg).items():
+                        path = _series.path_of(self.runs_dir, h.run_id, h.step_name, name)
+                        series.setdefault(path, []).append(points)
         for path, items in by_file.items():
             fd = self._fd(path)
             size = os.fstat(fd).st_size
@@ -193,10 +194,39 @@ class RunStore:
                     self._close(path)
                 raise
             self._dirty.add(path)
+        for path, parts in series.items():
+            self._append_points(path, parts)
         if batch:
             self.applied_seq = max(self.applied_seq, batch[-1][0])
 
-    def _fd(self, path: str) -> int:
+    def _append_points(self, path: str, parts: list[_series.Points]) -> None:
+        fd = self._fd(path, fixed=_series.POINT.size)
+        size = os.fstat(fd).st_size
+        last = self._last_step.pop(path, None)
+        if last is None:
+            last = _series.last_step(fd)
+        data = b"".join(map(_series.encode, parts))
+        steps = [s for p in parts for s in p[0]]
+        try:
+            if not _series.is_sorted(steps, last):
+                os.close(os.open(path[: -len(_series.SUFFIX)] + _series.UNSORTED,
+                                 os.O_WRONLY | os.O_CREAT, 0o600))
+            records.write_all(fd, data)
+        except OSError:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                self._checked.discard(path)
+                self._close(path)
+            raise
+        self._dirty.add(path)
+        self._last_step[path] = max(last, steps[-1]) if steps else last
+        while len(self._last_step) > MAX_OPEN_FILES:
+            del self._last_step[next(iter(self._last_step))]
+
+    def _fd(self, path: str, fixed: int = 0) -> int:
+        """An open append fd; a torn tail is cut at the first open since start (for files of
+        `fixed`-size records: to a whole number of them)."""
         fd = self._fds.get(path)
         if fd is not None:
             self._fds.move_to_end(path)
@@ -204,7 +234,8 @@ class RunStore:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         if path not in self._checked:
-            good = records.valid_length(path)
+            size = os.fstat(fd).st_size
+            good = size - size % fixed if fixed else records.valid_length(path)
             if good < os.fstat(fd).st_size:
                 log.warning("runstore: truncated a torn tail of %s", path)
                 os.ftruncate(fd, good)

@@ -33,6 +33,7 @@ from ._settings import Settings
 from ._systemd import Notifier, early_signals, listen_fds
 from ._tracker import RunInfo
 from ._trackers import Trackers
+from ._viewer import Viewer
 
 log = logging.getLogger("magnusd")
 SHUTDOWN_CATCH_UP_S = 20.0
@@ -132,6 +133,7 @@ class Daemon:
         self.trackers = Trackers(self.journal, settings.data_dir, settings.config, environ)
         self.store: RunStore | None = None
         self.reaper: Reaper | None = None
+        self.viewer = Viewer(settings, self.journal)
         self.accept_errors = 0
         self.host = host_from(environ)
         self.cap_hit = False
@@ -168,6 +170,7 @@ class Daemon:
                          "closed_dead": self.reaper.closed_total if self.reaper else 0},
             "duplicates_skipped": self.dedup.skipped,
             "accept_errors": self.accept_errors,
+            "ui": self.viewer.status(),
             **self.storage(),
         }
 
@@ -278,6 +281,7 @@ class Daemon:
                                      self.host, self.settings.spool_dir)
                 self.ingress.on_close = self.reaper.wake
                 tg.start_soon(self.reaper.run)
+                await tg.start(self.viewer.serve)
                 tg.start_soon(self._listen, listener)
                 tg.start_soon(self._watchdog)
                 tg.start_soon(self._status_line)

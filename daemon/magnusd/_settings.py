@@ -26,6 +26,12 @@ class Settings:
     segment_bytes: int = 64 << 20
     spool_dir: str = ""
     journal_max_bytes: int = 10 << 30
+    ui_listen: tuple[str, int] | None = ("127.0.0.1", 7470)  # None: no viewer
+
+    @property
+    def token_path(self) -> str:
+        """The viewer's secret, next to the socket (design §12)."""
+        return self.socket + ".token"
 
     @property
     def journal_dir(self) -> str:
@@ -57,6 +63,8 @@ def resolve(options: Mapping[str, object], environ: Mapping[str, str]) -> Settin
     seg = pick("segment_bytes", "MAGNUS_JOURNAL_SEGMENT_BYTES")
     uids = pick("allow_uids", "MAGNUS_ALLOW_UIDS")
     cap = pick("journal_max_bytes", "MAGNUS_JOURNAL_MAX_BYTES")
+    ui = None if options.get("no_ui") else parse_listen(
+        pick("ui_listen", "MAGNUS_UI_LISTEN") or "127.0.0.1:7470")
     allowed = {os.getuid()}
     if uids:
         for part in uids.replace(",", " ").split():
@@ -74,4 +82,13 @@ def resolve(options: Mapping[str, object], environ: Mapping[str, str]) -> Settin
         spool_dir=os.path.abspath(environ.get("MAGNUS_SPOOL_DIR") or os.path.join(data, "spool")),
         segment_bytes=64 << 20 if seg is None else max(int(_number("segment bytes", seg, int)),
                                                        4096),
+        ui_listen=ui,
     )
+
+
+def parse_listen(raw: str) -> tuple[str, int]:
+    """`HOST:PORT` (or `:PORT`, host 127.0.0.1) for the viewer."""
+    host, sep, port = raw.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise SettingsError(f"--ui-listen {raw!r}: expected HOST:PORT, e.g. 127.0.0.1:7470")
+    return host.strip("[]") or "127.0.0.1", int(port)

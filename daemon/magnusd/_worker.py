@@ -55,6 +55,7 @@ class Worker:
         self.spec: wire.Spec | None = None
         self.failing = False
         self.started_runs: dict[str, None] = {}
+        self._pending = bytearray()  # what followed the Spec in the first read
 
     # -- the channel ------------------------------------------------------------------------
 
