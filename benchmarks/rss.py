@@ -2,7 +2,7 @@
 (design: daemon RSS with MLflow, W&B and TensorBoard configured ≤ 60 MB, workers reported
 separately).
 
-    .venv/bin/python benchmarks/rss.py [--n 200000] [--cases none,trackers] [--every 0.2] [--no-verify] [--keep]
+    .venv/bin/python benchmarks/rss.py [--n 200000] [--rounds 1] [--cases none,trackers] [--every 0.2] [--daemon-rev REV] [--no-verify] [--keep]
 
 Two cases in one run, each a fresh private `magnusd serve` (socket, data directory, sqlite db,
 W&B and TensorBoard directories under /tmp; the daemon's working directory is that temp dir):
@@ -23,6 +23,12 @@ after start (trackers loaded, nothing sent), at the end, the largest VmRSS sampl
 `status` showed; a restart is reported, its predecessor's peak is then the largest seen), and
 the status' own `rss_mb` as a cross-check. Afterwards every point is read back from MLflow,
 TensorBoard and the W&B offline file (as benchmarks/trackers.py does), unless --no-verify.
+--rounds repeats the pair (no tracker, then the three), each a fresh daemon: the daemon's peak
+moves by several MB from run to run with the ingest's timing.
+
+--daemon-rev REV runs the daemon and its workers from `git archive REV daemon/magnusd`
+(extracted to a temp dir, first on PYTHONPATH; the client's SDK stays the working tree's), to
+tell the trackers' cost from other changes to the daemon; the report names the code measured.
 
 Results: markdown on stdout and in benchmarks/out/rss.md.
 """
@@ -139,13 +145,15 @@ class Memory:
                              for n, ks in self.children.items()}}
 
 
-def case(kinds: tuple[str, ...], n: int, every: float, do_verify: bool, keep: bool
-         ) -> dict[str, Any]:
+def case(kinds: tuple[str, ...], n: int, every: float, do_verify: bool, keep: bool,
+         pythonpath: str | None = None) -> dict[str, Any]:
     root = C.short_tmpdir("mbr")
     wb = root / "wb"
     extra = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(wb),
              "WANDB_CACHE_DIR": str(root / "wbcache"), "WANDB_CONFIG_DIR": str(root / "wbconf"),
              "WANDB_DATA_DIR": str(root / "wbdata")}
+    if pythonpath:  # another revision of the daemon (its workers inherit the environment)
+        extra["PYTHONPATH"] = pythonpath
     d = C.Daemon(root, spool_dir=str(root / "spool"), extra_env=extra, cwd=str(root))
     if kinds:
         Path(d.config).write_text("experiment_tracker:\n" + "".join(tracker_yaml(k, root)
@@ -268,42 +276,51 @@ def landed(chk: dict[str, Any] | None) -> str:
             f"{chk['duplicates']}, bad {chk['bad_values']}")
 
 
-def report(args: argparse.Namespace, cases: dict[str, dict[str, Any]], load0: str,
+def report(args: argparse.Namespace, results: list[dict[str, Any]], src: str, load0: str,
            load1: str, elapsed: float) -> str:
     out = [f"# magnusd memory: the daemon with the real trackers, and their workers\n\n"
            f"{C.machine_line()}; `{' '.join(sys.argv[1:]) or '(defaults)'}`; total "
-           f"{elapsed:.0f} s; /proc/loadavg at start {load0}, at end {load1}\n",
+           f"{elapsed:.0f} s; /proc/loadavg at start {load0}, at end {load1}; daemon code: "
+           f"{src}\n",
            f"N = {args.n:,} events (`loss` = 1/i, steps 1..N, one run, one client process as "
            f"fast as it can), then until every tracker is caught up; /proc/<pid>/status "
            f"sampled every {args.every:g} s. MB = MiB. Peak = VmHWM (the kernel's high-water "
-           f"mark over the whole process life, start-up included).\n"]
+           f"mark over the whole process life, start-up included). Rounds alternate: no "
+           f"tracker, then the three trackers, each a fresh daemon.\n"]
     problems: list[str] = []
     rows: list[list[Any]] = []
-    for r in cases.values():
+    for r in results:
         dm = r["daemon"]
         peak = dm["last"][1]
         rows.append([
+            r["round"],
             "none (reference)" if not r["kinds"] else ", ".join(LABEL[k] for k in r["kinds"]),
             f"{r['n']:,}", mb(r["after_start"]["daemon"][0]), mb(dm["last"][0]),
             mb(dm["max_rss"]), f"**{mb(peak)}**",
             f"{r['runlog_s']:.2f}",
             ("OK" if peak / 1024 <= TARGET_MB else "OVER") if r["kinds"] else "-"])
     out.append("## the daemon process\n")
-    out.append(C.table(["trackers configured", "events", "VmRSS after start MB",
+    out.append(C.table(["round", "trackers configured", "events", "VmRSS after start MB",
                         "VmRSS at end MB", "largest VmRSS sampled MB", "peak VmHWM MB",
                         "run log caught up s", f"peak ≤ {TARGET_MB:g} MB"], rows))
-    if "none" in cases and "trackers" in cases:
-        a, b = cases["trackers"]["daemon"], cases["none"]["daemon"]
-        out.append(f"\nWith the three trackers configured the daemon's peak is "
-                   f"{(a['last'][1] - b['last'][1]) / 1024:+.1f} MB against no tracker "
-                   f"(VmRSS at the end {(a['last'][0] - b['last'][0]) / 1024:+.1f} MB).\n")
-    tr = cases.get("trackers")
-    if tr:
+    none = [r for r in results if not r["kinds"]]
+    trk = [r for r in results if r["kinds"]]
+    if none and trk:
+        def rng(rs: list[dict[str, Any]], i: int) -> str:
+            v = sorted(r["daemon"]["last"][i] for r in rs)
+            return f"{mb(v[0])}–{mb(v[-1])}" if len(v) > 1 else mb(v[0])
+
+        out.append(f"\nDaemon peak (VmHWM) with the three trackers {rng(trk, 1)} MB, with no "
+                   f"tracker {rng(none, 1)} MB; VmRSS at the end {rng(trk, 0)} vs "
+                   f"{rng(none, 0)} MB.\n")
+    if trk:
         out.append("## each tracker's worker process (`python -m magnusd._worker`)\n\n"
                    "`status` rss_mb = the daemon's own reading at the end (it samples each "
                    "worker every second). Children = the worker's descendant processes "
-                   "(W&B's `wandb-core`), VmRSS at the end / largest sampled / peak.\n")
-        rows = []
+                   "(W&B's `wandb-core`), VmRSS at the end / largest sampled / peak. Events/s "
+                   "= N / (caught up − go).\n")
+    rows = []
+    for tr in trk:
         tot_last = tr["daemon"]["last"][0]
         tot_peak = tr["daemon"]["last"][1]
         for k in tr["kinds"]:
@@ -316,9 +333,9 @@ def report(args: argparse.Namespace, cases: dict[str, dict[str, Any]], load0: st
             if w:
                 tot_last += w["last"][0] + sum(c["last"][0] for c in kids)
                 tot_peak += w["last"][1] + sum(c["last"][1] for c in kids)
-            chk = tr.get("check", {}).get(k) if "check" in tr else None
+            chk = tr["check"].get(k) if "check" in tr else None
             rows.append([
-                LABEL[k], w["pid"] if w else "-",
+                tr["round"], LABEL[k], w["pid"] if w else "-",
                 mb(tr["after_start"]["workers"].get(k, (0, 0))[0]),
                 mb(w["last"][0]) if w else "-", mb(max(x["max_rss"] for x in ws)) if ws else "-",
                 f"**{mb(w['last'][1])}**" if w else "-", st.get("rss_mb"), kid_s,
@@ -327,41 +344,80 @@ def report(args: argparse.Namespace, cases: dict[str, dict[str, Any]], load0: st
                 st.get("restarts"), st.get("errors"), st.get("dead_lettered"),
                 landed(chk)])
             if len(ws) > 1:
-                problems.append(f"{k}: the worker's pid changed during the run: "
-                                f"{[x['pid'] for x in ws]}")
+                problems.append(f"round {tr['round']} {k}: the worker's pid changed during the "
+                                f"run: {[x['pid'] for x in ws]}")
             if st.get("restarts") or st.get("errors") or st.get("dead_lettered"):
-                problems.append(f"{k}: restarts {st.get('restarts')}, errors "
-                                f"{st.get('errors')}, dead-lettered {st.get('dead_lettered')}, "
-                                f"last_error {st.get('last_error')!r}")
+                problems.append(f"round {tr['round']} {k}: restarts {st.get('restarts')}, "
+                                f"errors {st.get('errors')}, dead-lettered "
+                                f"{st.get('dead_lettered')}, last_error "
+                                f"{st.get('last_error')!r}")
             if chk is not None and not chk.get("ok"):
-                problems.append(f"{k}: data did not land right: {chk}")
-        out.append(C.table(["tracker", "worker pid", "VmRSS after start MB", "VmRSS at end MB",
-                            "largest VmRSS sampled MB", "peak VmHWM MB", "status rss_mb",
-                            "children: comm VmRSS / largest / peak MB", "caught up s",
-                            "events/s", "restarts", "errors", "dead-lettered", "landed"], rows))
-        out.append(f"\nAll processes together (daemon + workers + children; shared pages counted "
-                   f"in each): VmRSS at the end {mb(tot_last)} MB, sum of the peaks "
-                   f"{mb(tot_peak)} MB. Workers came up (every tracker `running`) "
-                   f"{tr['up_s']:.1f} s after the daemon was started; the daemon stopped in "
-                   f"{tr['daemon_stop_s']:.2f} s.\n")
-    for name, r in cases.items():
+                problems.append(f"round {tr['round']} {k}: data did not land right: {chk}")
+        tr["tot"] = (tot_last, tot_peak)
+    if trk:
+        out.append(C.table(["round", "tracker", "worker pid", "VmRSS after start MB",
+                            "VmRSS at end MB", "largest VmRSS sampled MB", "peak VmHWM MB",
+                            "status rss_mb", "children: comm VmRSS / largest / peak MB",
+                            "caught up s", "events/s", "restarts", "errors", "dead-lettered",
+                            "landed"], rows))
+        out.append("\nAll processes together (daemon + workers + children; shared pages "
+                   "counted in each), VmRSS at the end / sum of the peaks, MB: "
+                   + ", ".join(f"round {tr['round']} {mb(tr['tot'][0])} / {mb(tr['tot'][1])}"
+                               for tr in trk)
+                   + ". Every tracker `running` after "
+                   + ", ".join(f"{tr['up_s']:.1f}" for tr in trk)
+                   + " s from the daemon's start; the daemon stopped (SIGTERM → exit) in "
+                   + ", ".join(f"{tr['daemon_stop_s']:.2f}" for tr in trk) + " s.\n")
+    for r in results:
         for p in r.get("daemon_log_problems", []):
-            problems.append(f"{name} daemon log: {p[:300]}")
+            problems.append(f"round {r['round']} {r['name']} daemon log: {p[:300]}")
         if r.get("daemon_exit") != 0:
-            problems.append(f"{name}: daemon exited {r.get('daemon_exit')}")
+            problems.append(f"round {r['round']} {r['name']}: daemon exited "
+                            f"{r.get('daemon_exit')}")
         if not r.get("client", {}).get("flush_ok", False):
-            problems.append(f"{name}: client flush() did not return True")
+            problems.append(f"round {r['round']} {r['name']}: client flush() did not return "
+                            "True")
     out.append("## problems\n\n" + ("\n".join(f"- {p}" for p in problems) if problems
                                     else "none (no WARNING/ERROR in the daemon logs, no "
                                          "restart or error in `status`, every point read back)"))
     return "\n".join(out)
 
 
+def daemon_source(rev: str | None) -> tuple[str | None, str]:
+    """(PYTHONPATH for the daemon or None, a description of the daemon code measured)."""
+    repo = str(C.HERE.parent)
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", "-C", repo, *a], capture_output=True, text=True,
+                              timeout=60).stdout.strip()
+
+    if not rev:
+        dirty = git("status", "--porcelain", "--", "daemon")
+        return None, (f"working tree at {git('rev-parse', '--short', 'HEAD')}"
+                      + (" with uncommitted changes under daemon/" if dirty else
+                         " (daemon/ clean)"))
+    dest = C.short_tmpdir("mbrsrc")
+    arch = subprocess.run(["git", "-C", repo, "archive", rev, "daemon/magnusd"],
+                          capture_output=True, timeout=120, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch.stdout, check=True, timeout=120)
+    path = str(dest / "daemon")
+    env = C.clean_env(PYTHONPATH=path)
+    where = subprocess.run([C.PY, "-c", "import magnusd; print(magnusd.__file__)"], env=env,
+                           capture_output=True, text=True, timeout=60).stdout.strip()
+    if not where.startswith(path):
+        sys.exit(f"magnusd from {rev} did not take precedence: {where}")
+    return path, f"`git archive {rev} daemon/magnusd` ({git('rev-parse', '--short', rev)})"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200_000, help="events sent")
     ap.add_argument("--cases", default="none,trackers", help="comma-separated subset")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of the cases")
     ap.add_argument("--every", type=float, default=0.2, help="sampling period, s")
+    ap.add_argument("--daemon-rev", default=None,
+                    help="run the daemon (and its workers) from `git archive REV "
+                         "daemon/magnusd` instead of the working tree")
     ap.add_argument("--no-verify", action="store_true", help="skip reading the points back")
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs (daemon logs)")
     args = ap.parse_args()
@@ -369,14 +425,22 @@ def main() -> int:
     want = args.cases.split(",")
     load0 = loadavg()
     t0 = time.monotonic()
-    cases: dict[str, dict[str, Any]] = {}
-    for name in ("none", "trackers"):
-        if name not in want:
-            continue
-        kinds = () if name == "none" else KINDS
-        print(f"{name}: {args.n:,} events ...", file=sys.stderr)
-        cases[name] = case(kinds, args.n, args.every, not args.no_verify, args.keep)
-    text = report(args, cases, load0, loadavg(), time.monotonic() - t0)
+    pythonpath, src = daemon_source(args.daemon_rev)
+    results: list[dict[str, Any]] = []
+    try:
+        for rnd in range(1, args.rounds + 1):
+            for name in ("none", "trackers"):
+                if name not in want:
+                    continue
+                kinds = () if name == "none" else KINDS
+                print(f"round {rnd}, {name}: {args.n:,} events ...", file=sys.stderr)
+                r = case(kinds, args.n, args.every, not args.no_verify, args.keep, pythonpath)
+                r.update(round=rnd, name=name)
+                results.append(r)
+    finally:
+        if pythonpath:
+            C.remove_tree(Path(pythonpath).parent, False)
+    text = report(args, results, src, load0, loadavg(), time.monotonic() - t0)
     print(text)
     print(f"(written to {C.write_report('rss', text)})", file=sys.stderr)
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import time
 from datetime import datetime
@@ -56,7 +57,9 @@ def tail(settings: Settings, run: str | None, tag: str | None, key: str | None,
          out: TextIO = sys.stdout, limit: float | None = None) -> int:
     """Print journaled points and step marks as they come, until interrupted."""
     journal_dir = settings.journal_dir
-    reader = Reader(journal_dir, journal_end(journal_dir) + 1)
+    start = journal_end(journal_dir) + 1
+    reader = Reader(journal_dir, start)
+    print(f"following {journal_dir} from seq {start} (Ctrl-C ends)", file=sys.stderr, flush=True)
     deadline = None if limit is None else time.monotonic() + limit
     try:
         while deadline is None or time.monotonic() < deadline:
@@ -150,4 +153,8 @@ def plot(data_dir: str, run_id: str, key: str, step_name: str | None,
     plt.title(f"{run_id} {step}/{key}  ({got['points']} points"
               + (", downsampled" if got["downsampled"] else "") + ")")
     plt.xlabel("step")
-    return str(plt.build())
+    chart = str(plt.build())
+    return chart if sys.stdout.isatty() else _ANSI.sub("", chart)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
