@@ -15,9 +15,11 @@ truncated the first time the applier opens it after a start.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import threading
 import time
 from collections import OrderedDict
 from typing import Any
@@ -41,6 +43,7 @@ MAX_OPEN_FILES = 512
 MAX_SEEN_STEPS = 100_000
 CHECKPOINT_INTERVAL = 1.0
 RETRY_S = 1.0
+SYNCFS_OVER = 32  # dirty files at a checkpoint beyond which one syncfs beats fsync each
 
 
 class BatchHead(msgspec.Struct, tag="batch", array_like=True):
@@ -110,6 +113,31 @@ def write_checkpoint(data_dir: str, seq: int, open_attempts: list[Any] | None = 
     fsync_dir(data_dir)
 
 
+def syncfs(path: str) -> None:
+    """Flush the file system holding `path` (syncfs(2)); os.sync where it is missing."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc is None or _libc.syncfs(fd) != 0:
+            if _libc is not None:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), path)
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _load_libc() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syncfs.argtypes = [ctypes.c_int]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_libc = _load_libc()
+
+
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -135,8 +163,17 @@ class RunStore:
         self._checked: set[str] = set()  # files whose torn tail was checked since start
         self._seen: dict[tuple[str, str], None] = {}
         self._last_step: dict[str, int] = {}  # per series file: the highest step written
+        self._touched: set[str] = set()  # runs written since the viewer last asked
+        self._touched_lock = threading.Lock()
+        self._sync_all = False  # the next checkpoint syncs the whole file system (syncfs)
         self._last_checkpoint = time.monotonic()
         self.error: str | None = None  # why applying fails, while it does
+
+    def take_touched(self) -> set[str]:
+        """The runs written since the last call (for the viewer's run table)."""
+        with self._touched_lock:
+            touched, self._touched = self._touched, set()
+        return touched
 
     def stats(self) -> dict[str, Any]:
         return {"applied_seq": self.applied_seq, "checkpoint_seq": self.durable_seq,
@@ -152,6 +189,7 @@ class RunStore:
     def apply(self, batch: list[tuple[int, int, bytes]]) -> None:
         by_file: dict[str, list[tuple[int, bytes]]] = {}
         series: dict[str, list[_series.Points]] = {}
+        touched: set[str] = set()
         for seq, _, payload in batch:
             if seq <= self.applied_seq:
                 continue
@@ -161,6 +199,7 @@ class RunStore:
                 log.error("runstore: journal record %d is not a run message; skipped", seq)
                 continue
             rdir = os.path.join(self.runs_dir, run_dirname(h.run_id))
+            touched.add(h.run_id)
             by_file.setdefault(os.path.join(rdir, "log"), []).append((seq, payload))
             key = (h.run_id, h.step_name)
             index = None
@@ -196,6 +235,8 @@ class RunStore:
             self._dirty.add(path)
         for path, parts in series.items():
             self._append_points(path, parts)
+        with self._touched_lock:
+            self._touched |= touched
         if batch:
             self.applied_seq = max(self.applied_seq, batch[-1][0])
 
@@ -231,6 +272,8 @@ class RunStore:
         if fd is not None:
             self._fds.move_to_end(path)
             return fd
+        if not os.path.exists(path):
+            self._sync_all = True  # a new file: its directory entry must be durable too
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         if path not in self._checked:
@@ -243,9 +286,9 @@ class RunStore:
         self._fds[path] = fd
         while len(self._fds) > MAX_OPEN_FILES:
             old, ofd = self._fds.popitem(last=False)
-            if old in self._dirty:
-                os.fsync(ofd)
+            if old in self._dirty:  # closed unsynced: the checkpoint syncs the file system
                 self._dirty.discard(old)
+                self._sync_all = True
             os.close(ofd)
         return fd
 
@@ -261,11 +304,15 @@ class RunStore:
             return
         if not force and time.monotonic() - self._last_checkpoint < CHECKPOINT_INTERVAL:
             return
-        for path in self._dirty:
-            fd = self._fds.get(path)
-            if fd is not None:
-                os.fsync(fd)
+        if self._sync_all or len(self._dirty) > SYNCFS_OVER:
+            syncfs(self.runs_dir)  # one call for new files, new directories and many files
+        else:
+            for path in self._dirty:
+                fd = self._fds.get(path)
+                if fd is not None:
+                    os.fsync(fd)
         self._dirty.clear()
+        self._sync_all = False
         write_checkpoint(self.data_dir, self.applied_seq, self.attempts.dump())
         self.durable_seq = self.applied_seq
         self._last_checkpoint = time.monotonic()

@@ -133,7 +133,8 @@ class Daemon:
         self.trackers = Trackers(self.journal, settings.data_dir, settings.config, environ)
         self.store: RunStore | None = None
         self.reaper: Reaper | None = None
-        self.viewer = Viewer(settings, self.journal)
+        self.viewer = Viewer(settings, self.journal,
+                             lambda: self.store.take_touched() if self.store else set())
         self.accept_errors = 0
         self.host = host_from(environ)
         self.cap_hit = False

@@ -18,7 +18,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -67,13 +67,14 @@ def url_of(host: str, port: int) -> str:
 class Viewer:
     """Owns the listening socket, the app and the server task."""
 
-    def __init__(self, settings: Settings, journal: Journal) -> None:
+    def __init__(self, settings: Settings, journal: Journal,
+                 touched: Callable[[], set[str]] | None = None) -> None:
         self.settings = settings
         self.journal = journal
         self.url: str | None = None
         self.error: str | None = None
         self.token = ""
-        self.table = _views.RunTable(settings.data_dir)
+        self.table = _views.RunTable(settings.data_dir, touched)
         self.streams = 0
         self.allowed_hosts: set[str] = set()
 
@@ -158,7 +159,8 @@ class Viewer:
         async def no_icon(request: Any) -> Response:
             return Response(status_code=204)
 
-        routes = [Route("/", page("index.html")), Route("/favicon.ico", no_icon), Route("/runs/{run_id:path}", page("run.html")),
+        routes = [Route("/", page("index.html")), Route("/favicon.ico", no_icon),
+                  Route("/runs/{run_id:path}", page("run.html")),
                   Route("/api/runs", runs), Route("/api/runs/{run_id:path}/series", series),
                   Route("/api/runs/{run_id:path}", run), Route("/api/events", events),
                   Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")))]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -55,13 +56,16 @@ def summarize(runs_dir: str, name: str) -> dict[str, Any]:
 
 
 class RunTable:
-    """Summaries of every run, re-read only for runs whose files changed."""
+    """Summaries of every run, re-read only for runs that changed: those the run store says
+    it `touched` since the last call (in the daemon), else those whose files changed."""
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, touched: Callable[[], set[str]] | None = None) -> None:
         self.runs_dir = os.path.join(data_dir, "runs")
+        self.touched = touched
         self._cache: dict[str, tuple[tuple[float, ...], dict[str, Any]]] = {}
 
     def runs(self, tag: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        changed = {run_dirname(r) for r in self.touched()} if self.touched else None
         try:
             names = os.listdir(self.runs_dir)
         except FileNotFoundError:
@@ -69,10 +73,15 @@ class RunTable:
         out = []
         fresh: dict[str, tuple[tuple[float, ...], dict[str, Any]]] = {}
         for name in names:
-            sig = tuple(_signature(os.path.join(self.runs_dir, name, f)) for f in ("index", "log"))
             hit = self._cache.get(name)
-            summary = hit[1] if hit is not None and hit[0] == sig else \
-                summarize(self.runs_dir, name)
+            if changed is not None:
+                sig: tuple[float, ...] = ()
+                stale = hit is None or name in changed
+            else:
+                sig = tuple(_signature(os.path.join(self.runs_dir, name, f))
+                            for f in ("index", "log"))
+                stale = hit is None or hit[0] != sig
+            summary = summarize(self.runs_dir, name) if stale or hit is None else hit[1]
             fresh[name] = (sig, summary)
             if (tag is None or summary["tag"] == tag) and \
                     (status is None or summary["status"] == status):
