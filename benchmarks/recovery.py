@@ -1,7 +1,7 @@
 """Recovery time: `magnusd serve` started on a data directory holding a 1 GiB journal, until it
 answers `status` and until its run store has caught up with the journal.
 
-    .venv/bin/python benchmarks/recovery.py [--gib 1.0] [--reps 3] [--clients 4] [--stream-s 3] [--flush-every 200000] [--cases clean,kill9,nocheckpoint,damaged] [--keep]
+    .venv/bin/python benchmarks/recovery.py [--gib 1.0] [--reps 3] [--clients 4] [--stream-s 3] [--flush-every 200000] [--cases clean,kill9,damaged,nocheckpoint] [--rev REV] [--keep]
 
 **Building the journal.** A private `magnusd serve` (socket, data directory and config under a
 temp dir in /tmp; MAGNUS_FSYNC_INTERVAL and segment size at their defaults: 0.1 s, 64 MiB) and
@@ -100,8 +100,50 @@ CASE_TITLE = {
     "nocheckpoint": "3. run-store checkpoint deleted, start",
     "damaged": "4. last segment damaged (1 byte), start",
 }
+STUCK_S = 10.0  # a run-store error lasting this long ends the wait (it retries every 1 s)
+REPO = C.HERE.parent
 RECOVERED = re.compile(r"journal recovered in ([\d.]+) s: last seq (\d+), (\d+) record\(s\) "
                        r"after the run-log checkpoint (\d+)")
+
+
+def git(*args: str) -> str:
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")  # read-only: never refresh the index
+    return subprocess.run(["git", "-C", str(REPO), *args], env=env, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def extract(rev: str, dest: Path) -> str:
+    """`git archive REV daemon/magnusd sdk/magnus | tar -x -C dest`; the full commit id."""
+    commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    archive = subprocess.Popen(["git", "-C", str(REPO), "archive", commit, "daemon/magnusd",
+                                "sdk/magnus"], stdout=subprocess.PIPE)
+    dest.mkdir(parents=True, exist_ok=True)
+    tar = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout)
+    assert archive.stdout is not None
+    archive.stdout.close()
+    if archive.wait() != 0 or tar.returncode != 0:
+        raise RuntimeError(f"could not extract daemon/magnusd and sdk/magnus at {rev}")
+    return commit
+
+
+def code_origin(extra_env: dict[str, str]) -> str:
+    """Where the daemon's `magnusd` and the clients' `magnus` are imported from."""
+    env = C.clean_env(**extra_env)
+    r = subprocess.run([C.PY, "-c", "import magnus, magnusd; print(magnusd.__file__); "
+                        "print(magnus.__file__)"], env=env, capture_output=True, text=True,
+                       check=True)
+    return " and ".join(f"`{p}`" for p in r.stdout.split())
+
+
+def tree_state() -> str:
+    """HEAD, and the uncommitted changes under daemon/ and sdk/ (read-only git)."""
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "daemon", "sdk")
+    except (OSError, subprocess.CalledProcessError) as e:
+        return f"(git: {e})"
+    n = len(dirty.splitlines())
+    return f"HEAD {head}" + (f" + {n} uncommitted file(s) under daemon/ sdk/" if n else "")
 
 
 def loadavg() -> str:
@@ -177,14 +219,24 @@ def timed_start(d: C.Daemon, timeout: float, hold: bool = True) -> dict[str, Any
     t_answer = time.monotonic() - t0
     hwm_answer = C.mem_kb(pid)[1]
     first = st
+    error_since, stuck = None, None
     while st["runlog"]["applied_seq"] != st["journal"]["last_seq"]:
         if time.monotonic() > end:
             raise TimeoutError(f"run store not caught up within {timeout} s: {st['runlog']} "
                                f"{st['journal']['last_seq']}")
+        if st["runlog"].get("error"):  # it retries every second; a lasting error: give up
+            error_since = error_since or time.monotonic()
+            if time.monotonic() - error_since > STUCK_S:
+                stuck = st["runlog"]["error"]
+                break
+        else:
+            error_since = None
         time.sleep(0.01)
         st = d.status()
-    t_caught = time.monotonic() - t0
-    res = {"answer_s": t_answer, "caught_s": t_caught,
+    t_caught = float("nan") if stuck else time.monotonic() - t0
+    res = {"answer_s": t_answer, "caught_s": t_caught, "stuck": stuck,
+           "stuck_at": (f"applied {st['runlog']['applied_seq']:,} of "
+                        f"{st['journal']['last_seq']:,} after {time.monotonic() - t0:.0f} s"),
            "hwm_answer_mb": hwm_answer / 1024, "hwm_mb": C.mem_kb(pid)[1] / 1024,
            "cpu_s": cpu_seconds(pid), "read_gb": rchar(pid) / 1e9,
            "checkpoint": checkpoint, "replayed": st["runlog"]["applied_seq"] - checkpoint,
@@ -210,6 +262,7 @@ def start_clients(d: C.Daemon, run_ids: list[str], first_step: int, every: int,
     for rid in run_ids:
         env = C.clean_env(MAGNUS_SOCKET=d.sock, MAGNUS_DATA_DIR=d.data, MAGNUS_CONFIG=d.config,
                           MAGNUS_RUN_ID=rid, MAGNUS_SPOOL_DIR=cspool)
+        env.update(d.extra_env)  # PYTHONPATH with --rev
         procs.append(subprocess.Popen([C.PY, CLIENT, str(first_step), str(every)], env=env,
                                       text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE))
@@ -373,10 +426,10 @@ def one_case(case: str, d: C.Daemon, args: argparse.Namespace, run_ids: list[str
     return r
 
 
-def empty_reference(root: Path, reps: int) -> list[dict[str, Any]]:
+def empty_reference(root: Path, reps: int, extra_env: dict[str, str]) -> list[dict[str, Any]]:
     out = []
     for _ in range(reps):
-        e = C.Daemon(root / "empty")
+        e = C.Daemon(root / "empty", extra_env=extra_env)
         shutil.rmtree(e.data, ignore_errors=True)
         try:
             out.append(timed_start(e, 60, hold=False) | {"case": "empty"})
@@ -391,12 +444,23 @@ def med_max(vals: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.median(vals))} / {fmt.format(max(vals))}"
 
 
+def caught_cell(rs: list[dict[str, Any]]) -> str:
+    ok = [r["caught_s"] for r in rs if not r["stuck"]]
+    stuck = [r for r in rs if r["stuck"]]
+    cell = f"**{med_max(ok)}**" if ok else ""
+    if stuck:
+        cell += (" — " if cell else "") + (f"**never: {len(stuck)} of {len(rs)} stuck** "
+                                           f"(`{stuck[0]['stuck']}`)")
+    return cell
+
+
 def report(args: argparse.Namespace, b: dict[str, Any], results: dict[str, list[dict[str, Any]]],
-           load0: str, load1: str, elapsed: float, problems: list[str]) -> str:
+           load0: str, load1: str, elapsed: float, problems: list[str], code: str) -> str:
     bj = b["journal"]
     out = [f"# magnusd recovery with a {bj['bytes'] / GIB:.2f} GiB journal\n",
            f"{C.machine_line()}; `{' '.join(sys.argv[1:]) or '(defaults)'}`; total "
            f"{elapsed:.0f} s; /proc/loadavg at start {load0}, at end {load1}\n",
+           f"Daemon and SDK: {code}.\n",
            f"Journal built by {args.clients} client processes (`track_this(step=i, loss=...)`, "
            f"`flush()` every {args.flush_every:,} calls) in {b['seconds']:.1f} s "
            f"({b['sent'] / b['seconds']:,.0f} events/s; run store caught up at "
@@ -421,7 +485,7 @@ def report(args: argparse.Namespace, b: dict[str, Any], results: dict[str, list[
             f"{j['events'] / 1e6:.1f} M" if j["events"] >= 0 else "-",
             med_max([r["replayed"] for r in rs], "{:,.0f}"),
             f"**{med_max([r['answer_s'] for r in rs])}**",
-            f"**{med_max([r['caught_s'] for r in rs])}**",
+            caught_cell(rs),
             med_max([r["recovered_s"] for r in rs]),
             med_max([r["hwm_mb"] for r in rs], "{:.0f}"),
             med_max([r["cpu_s"] for r in rs]),
@@ -458,6 +522,12 @@ def report(args: argparse.Namespace, b: dict[str, Any], results: dict[str, list[
                        f"bound; answer {r['answer_s']:.2f} s (peak RSS then "
                        f"{r['hwm_answer_mb']:.0f} MB), caught up {r['caught_s']:.2f} s "
                        f"(peak {r['hwm_mb']:.0f} MB), read {r['read_gb']:.2f} GB")
+    for case, rs in results.items():
+        for r in rs:
+            if r["stuck"]:
+                details.append(f"{case} #{r['rep'] + 1}: the run store never caught up: "
+                               f"`status` runlog.error `{r['stuck']}` for {STUCK_S:g} s, "
+                               f"{r['stuck_at']} (not waited for longer)")
     for r in results.get("clean", []):
         details.append(f"clean #{r['rep'] + 1}: SIGTERM → exit {r['stop_s']:.2f} s (exit "
                        f"{r['stop_exit']}); answer {r['answer_s']:.2f} s")
@@ -478,7 +548,11 @@ def main() -> int:
                     help="kill9: seconds the clients stream before the SIGKILL")
     ap.add_argument("--flush-every", type=int, default=200_000,
                     help="each client calls flush() after this many track_this calls")
-    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated, of " + ",".join(CASES))
+    ap.add_argument("--cases", default=",".join(CASES),
+                    help="comma-separated, of " + ",".join(CASES))
+    ap.add_argument("--rev", default="",
+                    help="run the daemon and the clients from this git revision (git archive "
+                         "into the temp dir, PYTHONPATH) instead of the working tree")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (data, daemon log)")
     args = ap.parse_args()
     cases = [c for c in args.cases.split(",") if c]
@@ -493,6 +567,13 @@ def main() -> int:
     t_start = time.monotonic()
     root = C.short_tmpdir("mbr")
     extra = {"MAGNUS_JOURNAL_MAX_BYTES": "0"} if args.gib * GIB * 1.3 >= 10 * GIB else {}
+    if args.rev:
+        commit = extract(args.rev, root / "src")
+        extra["PYTHONPATH"] = f"{root / 'src' / 'daemon'}:{root / 'src' / 'sdk'}"
+        code = f"`git archive {commit[:12]} daemon/magnusd sdk/magnus` (`--rev {args.rev}`)"
+    else:
+        code = f"the working tree ({tree_state()} at the start)"
+    code += ", imported from " + code_origin(extra)
     d = C.Daemon(root, spool_dir=str(root / "spool"), extra_env=extra)
     Path(d.config).write_text(HOLD_CONFIG)
     run_ids = [f"bench-recovery-{os.urandom(2).hex()}-{k}" for k in range(args.clients)]
@@ -500,7 +581,7 @@ def main() -> int:
     problems: list[str] = []
     try:
         print(f"reference: empty data dir x{args.reps} ...", file=sys.stderr)
-        results["empty"] = empty_reference(root, args.reps)
+        results["empty"] = empty_reference(root, args.reps, extra)
         print(f"building a {args.gib:g} GiB journal with {args.clients} clients ...",
               file=sys.stderr)
         b = build(d, args, run_ids)
@@ -513,18 +594,22 @@ def main() -> int:
                 r = one_case(case, d, args, run_ids, rep, state)
                 results[case].append(r)
                 print(f"  {case} #{rep + 1}: answer {r['answer_s']:.2f} s, caught up "
-                      f"{r['caught_s']:.2f} s, peak {r['hwm_mb']:.0f} MB", file=sys.stderr)
+                      f"{r['caught_s']:.2f} s{' STUCK: ' + r['stuck'] if r['stuck'] else ''}, "
+                      f"peak {r['hwm_mb']:.0f} MB", file=sys.stderr)
                 problems += [f"{case} #{rep + 1}: {x}" for x in r["log_problems"][:3]]
     finally:
-        code = d.stop(timeout=120)
-        if code not in (0, None):
-            problems.append(f"final SIGTERM: daemon exited {code}")
+        exit_code = d.stop(timeout=120)
+        if exit_code not in (0, None):
+            problems.append(f"final SIGTERM: daemon exited {exit_code}")
         C.remove_tree(root, args.keep)
-    text = report(args, b, results, load0, loadavg(), time.monotonic() - t_start, problems)
+    if not args.rev:
+        code += f"; {tree_state()} at the end"
+    text = report(args, b, results, load0, loadavg(), time.monotonic() - t_start, problems, code)
     print(text)
-    path = C.write_report("recovery", text)
+    path = C.write_report("recovery" + (f"-{args.rev}" if args.rev else ""), text)
     print(f"(written to {path})", file=sys.stderr)
-    ok = all(r.get("damage_ok", True) for r in results.get("damaged", []))
+    ok = (all(r.get("damage_ok", True) for r in results.get("damaged", []))
+          and not any(r["stuck"] for rs in results.values() for r in rs))
     return 0 if ok else 1
 
 

@@ -79,7 +79,8 @@
       th.classList.add("sorted", desc ? "desc" : "asc");
       render();
     }));
-    [filter, tagSel, statusSel].forEach((el) => el.addEventListener("input", render));
+    [filter, tagSel, statusSel].forEach((el) => ["input", "change"].forEach(
+      (ev) => el.addEventListener(ev, render)));
     tbody.addEventListener("change", (e) => {
       const id = e.target.closest("tr").dataset.run;
       e.target.checked ? selected.add(id) : selected.delete(id);
@@ -160,10 +161,11 @@
       const c = charts[name];
       const {ids, data} = chartData(c);
       const series = [{label: state.x === "step" ? "step" : "time"}];
+      const few = data[0].length < 50;  // a handful of points: show them, not just lines
       for (const id of ids) {
         series.push({label: state.smooth ? `${id} (raw)` : id, stroke: color(id),
                      width: state.smooth ? 1 : 1.5, alpha: state.smooth ? 0.25 : 1,
-                     spanGaps: true, points: {show: false}});
+                     spanGaps: true, points: {show: few, size: 6, fill: color(id)}});
         if (state.smooth) series.push({label: id, stroke: color(id), width: 2, spanGaps: true,
                                        points: {show: false}});
       }
@@ -180,7 +182,9 @@
       el.className = "chart";
       el.dataset.series = name;
       el.innerHTML = `<h3>${esc(name)}</h3><div class="plot"></div>`;
-      document.getElementById("charts").appendChild(el);
+      const box = document.getElementById("charts");
+      const after = [...box.children].find((c) => c.dataset.series > name);
+      box.insertBefore(el, after || null);  // charts in name order
       return (charts[name] = {el, runs: {}, plot: null, info: {}});
     }
 
