@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test soak bench lint clean systemd-analyze chromium
+.PHONY: run test soak bench lint clean systemd-analyze chromium nats-server
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml tests/plugin/pyproject.tom
 run: $(VENV)/.installed
 	$(BIN)/magnusd serve
 
-test: $(VENV)/.installed-test systemd-analyze chromium
+test: $(VENV)/.installed-test systemd-analyze chromium nats-server
 	$(BIN)/python -m pytest -q
 
 # The long form of tests/reliability (make test runs them CI-sized): 100 kill -9 cycles,
@@ -33,6 +33,10 @@ soak: $(VENV)/.installed-test
 # downloaded browser); install both when we can.
 chromium:
 	@command -v chromedriver >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || echo "chromium/chromedriver are not available: the browser tests will be skipped"
+
+# The fan-in tests run a real nats-server (Debian package) on 127.0.0.1.
+nats-server:
+	@command -v nats-server >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null; } || echo "nats-server is not available: the fan-in tests will be skipped"
 
 # The unit-file checks need systemd-analyze (Debian package: systemd); install it when we can.
 systemd-analyze:

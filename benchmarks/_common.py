@@ -59,7 +59,10 @@ class Daemon:
 
     `command` replaces the default `[magnusd, "serve"]` (the ingest benchmark's profiler);
     `extra_env` is added to its environment (its tracker workers inherit it), `cwd` is its
-    working directory (default: this process's).
+    working directory (default: this process's). The daemon's web viewer (on by default since
+    9bcee4f, 127.0.0.1:7470) listens on a free port of its own (MAGNUS_UI_LISTEN), so that it
+    runs in every benchmark daemon as in a default one and never competes for 7470 with
+    another daemon on the machine; older daemons ignore the variable.
     """
 
     def __init__(self, root: Path, spool_dir: str | None = None,
@@ -75,6 +78,7 @@ class Daemon:
         self.log = root / "daemon.log"
         self.command = list(command) if command else [MAGNUSD, "serve"]
         self.extra_env = dict(extra_env or {})
+        self.ui_listen = f"127.0.0.1:{free_port()}"
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
         self.stop_s = float("nan")  # SIGTERM to exit
@@ -83,7 +87,7 @@ class Daemon:
     @property
     def env(self) -> dict[str, str]:
         e = clean_env(MAGNUS_SOCKET=self.sock, MAGNUS_DATA_DIR=self.data,
-                      MAGNUS_CONFIG=self.config)
+                      MAGNUS_CONFIG=self.config, MAGNUS_UI_LISTEN=self.ui_listen)
         if self.spool_dir:
             e["MAGNUS_SPOOL_DIR"] = self.spool_dir
         e.update(self.extra_env)
@@ -182,6 +186,15 @@ class Daemon:
         return [ln for ln in self.log_text().splitlines()
                 if " WARNING " in ln or " ERROR " in ln or " CRITICAL " in ln
                 or ln.startswith("Traceback")]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def mem_kb(pid: int) -> tuple[int, int]:

@@ -23,7 +23,13 @@ delivers, so its cursor never moves and every segment is kept (checked: segment 
 after the build). It costs no delivery work (unlike a `file` tracker failing in a loop), and
 its `pending` in `status` (journal events − its cursor's mark 0) is the number of events the
 journal holds. The cap (MAGNUS_JOURNAL_MAX_BYTES, default 10 GiB) is set to 0 (none) only when
---gib would reach it.
+--gib would reach it. MAGNUS_UI_LISTEN=127.0.0.1:0: the daemon's web viewer (on by default)
+listens on a port of its own rather than the shared 127.0.0.1:7470.
+
+The daemon and the clients run the working tree (its HEAD and uncommitted changes under
+daemon/ and sdk/ are named in the report, at the start and the end: another engineer commits
+meanwhile), or with --rev REV the tree of that revision (`git archive REV daemon/magnusd
+sdk/magnus` into the temp dir, imported ahead of the editable install through PYTHONPATH).
 
 **Measured**, each case --reps times, the daemon started by this process (`Popen` of `magnusd
 serve`; time.monotonic() just before it):
@@ -413,7 +419,10 @@ def one_case(case: str, d: C.Daemon, args: argparse.Namespace, run_ids: list[str
             state["run_sizes"] = run_files(d.data)
         else:
             restore_run_files(state["run_sizes"], d.data)
-        os.unlink(os.path.join(d.data, "runlog.checkpoint"))
+        try:  # missing when the previous start never wrote one (a run store that failed)
+            os.unlink(os.path.join(d.data, "runlog.checkpoint"))
+        except FileNotFoundError:
+            pass
         info["run_files_bytes"] = sum(state["run_sizes"].values())
         info["run_files"] = len(state["run_sizes"])
     r = timed_start(d, timeout)
@@ -566,7 +575,10 @@ def main() -> int:
     load0 = loadavg()
     t_start = time.monotonic()
     root = C.short_tmpdir("mbr")
-    extra = {"MAGNUS_JOURNAL_MAX_BYTES": "0"} if args.gib * GIB * 1.3 >= 10 * GIB else {}
+    # The web viewer (on by default since 9bcee4f) on a port of its own, not the shared 7470.
+    extra = {"MAGNUS_UI_LISTEN": "127.0.0.1:0"}
+    if args.gib * GIB * 1.3 >= 10 * GIB:
+        extra["MAGNUS_JOURNAL_MAX_BYTES"] = "0"
     if args.rev:
         commit = extract(args.rev, root / "src")
         extra["PYTHONPATH"] = f"{root / 'src' / 'daemon'}:{root / 'src' / 'sdk'}"

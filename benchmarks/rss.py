@@ -21,7 +21,9 @@ each worker and each worker's descendants (W&B's `wandb-core`). Reported: the da
 after start (trackers loaded, nothing sent), at the end, the largest VmRSS sampled and VmHWM
 (the kernel's peak over the process's life); the same for each worker (the worker whose pid
 `status` showed; a restart is reported, its predecessor's peak is then the largest seen), and
-the status' own `rss_mb` as a cross-check. Afterwards every point is read back from MLflow,
+the status' own `rss_mb` as a cross-check. The daemon's web viewer (on by default since
+9bcee4f) listens on a free port of its own (benchmarks/_common.py); the report says whether it
+did. Afterwards every point is read back from MLflow,
 TensorBoard and the W&B offline file (as benchmarks/trackers.py does), unless --no-verify.
 --rounds repeats the pair (no tracker, then the three), each a fresh daemon: the daemon's peak
 moves by several MB from run to run with the ingest's timing.
@@ -88,6 +90,17 @@ def descendants(pid: int) -> list[int]:
             out += kids
             todo += kids
     return out
+
+
+def viewer_state(log_text: str) -> str:
+    """Whether the daemon's web viewer listened (its log says so; daemons before 9bcee4f have
+    none)."""
+    for ln in log_text.splitlines():
+        if "viewer on " in ln:
+            return "listening"
+        if "viewer: cannot listen" in ln or "viewer: " in ln and " WARNING " in ln:
+            return "failed to listen"
+    return "none"
 
 
 class Track:
@@ -239,6 +252,7 @@ def case(kinds: tuple[str, ...], n: int, every: float, do_verify: bool, keep: bo
         res["daemon_exit"] = d.stop(timeout=120)  # W&B: finish() writes the rest of the run
         res["daemon_stop_s"] = d.stop_s
         res["daemon_log_problems"] = d.log_problems()
+        res["viewer"] = viewer_state(d.log_text())
     if do_verify:
         res["check"] = {}
         for k in kinds:
@@ -295,12 +309,13 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]], src: str, lo
         rows.append([
             r["round"],
             "none (reference)" if not r["kinds"] else ", ".join(LABEL[k] for k in r["kinds"]),
-            f"{r['n']:,}", mb(r["after_start"]["daemon"][0]), mb(dm["last"][0]),
-            mb(dm["max_rss"]), f"**{mb(peak)}**",
+            r.get("viewer", "?"), f"{r['n']:,}", mb(r["after_start"]["daemon"][0]),
+            mb(dm["last"][0]), mb(dm["max_rss"]), f"**{mb(peak)}**",
             f"{r['runlog_s']:.2f}",
             ("OK" if peak / 1024 <= TARGET_MB else "OVER") if r["kinds"] else "-"])
     out.append("## the daemon process\n")
-    out.append(C.table(["round", "trackers configured", "events", "VmRSS after start MB",
+    out.append(C.table(["round", "trackers configured", "web viewer", "events",
+                        "VmRSS after start MB",
                         "VmRSS at end MB", "largest VmRSS sampled MB", "peak VmHWM MB",
                         "run log caught up s", f"peak ≤ {TARGET_MB:g} MB"], rows))
     none = [r for r in results if not r["kinds"]]

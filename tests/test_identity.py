@@ -100,6 +100,7 @@ def test_the_reaper_judges_only_processes_of_its_own_host_and_pid_namespace(
     anyio.run(two_looks)
     ends = [proto.decoder.decode(p) for _, _, p in Reader(journal.dir, 1, journal).read()]
     assert sorted(m.attempt for m in ends) == ["local", "unknown-ns"]
-    assert all(m.status == "FAIL" and m.end_reason and m.client_id == proto.DAEMON_CLIENT_ID
+    assert all(m.status == "FAIL" and m.end_reason and m.client_id == f"magnusd@{me}"
                for m in ends)
+    assert sorted(m.seq for m in ends) == [1, 2]  # their journal seqs: unique when forwarded
     journal.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,23 +41,33 @@ def test_tensorboard_then_mlflow_then_both(make_daemon: Callable[..., Daemon], r
     both = ml_cfg + f"  - type: tensorboard\n    name: second\n    config: {{log_dir: '{tb2}'}}\n"
     d = make_daemon(tb_cfg).start()
     wait_for(lambda: d.status()["trackers"], what="trackers loaded")
-    n = 4000
+    stop = root / "stop"
     p = d.popen(f"""
-        import time
+        import os, time
         from magnus import track_this, flush
-        t0 = time.monotonic()
-        for i in range(1, {n} + 1):
+        t0, i = time.monotonic(), 0
+        while not os.path.exists({str(stop)!r}) and i < 60_000:
+            i += 1
             track_this(step=i, v=float(i))
             if i % 50 == 0:
                 time.sleep(max(0.0, t0 + i / 500 - time.monotonic()))  # 500 events/s
-        print(flush(30))
+        print(flush(30), i)
     """, MAGNUS_RUN_ID="rs", MAGNUS_RUN_TAG="swap", MAGNUS_STEP_NAME="s")
-    time.sleep(2.5)
+
+    def running(name: str, kind: str) -> bool:
+        return any(t["name"] == name and t["type"] == kind and t["state"] == "running"
+                   and t["delivered"] > 0 for t in d.status()["trackers"])
+
+    wait_for(lambda: running("main", "tensorboard"), timeout=60, what="tensorboard delivering")
     write_atomic(d.config, ml_cfg)
-    time.sleep(2.5)
+    wait_for(lambda: running("main", "mlflow"), timeout=120, what="mlflow took over")
     write_atomic(d.config, both)
+    wait_for(lambda: running("second", "tensorboard"), timeout=120, what="second delivering")
+    stop.touch()
     out, err = p.communicate(timeout=120)
-    assert out.strip() == "True", err
+    ok, n_text = out.split()
+    assert ok == "True", err
+    n = int(n_text)
     wait_for(lambda: all(t["pending"] == 0 and t["state"] == "running"
                          for t in d.status()["trackers"]) and len(d.status()["trackers"]) == 2,
              timeout=120, what="drained")

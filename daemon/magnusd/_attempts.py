@@ -165,12 +165,14 @@ class Reaper:
             log.warning("run %s step %r: attempt of pid %d closed FAIL: %s", a.run_id,
                         a.step_name, a.pid, reason)
         if ends:
+            for i, m in enumerate(ends):  # a (client id, seq) unique across hosts: a central
+                m.seq = self.journal.last_seq + 1 + i  # daemon's duplicate check keeps each
             self.journal.append([proto.encoder.encode(m) for m in ends], [0] * len(ends))
             self.closed_total += len(ends)
 
     def _end_mark(self, a: OpenAttempt, reason: str) -> proto.StepMark:
-        return proto.StepMark(proto.DAEMON_CLIENT_ID, 0, a.run_id, a.tag, a.step_name, "end",
-                              time.time(), "FAIL", a.attempt, a.host, a.pid, a.pid_start,
+        return proto.StepMark(f"{proto.DAEMON_CLIENT_ID}@{self.host}", 0, a.run_id, a.tag,
+                              a.step_name, "end", time.time(), "FAIL", a.attempt, a.host, a.pid, a.pid_start,
                               a.rank, reason, a.pid_ns)
 
     def _spool_pending(self) -> bool:

@@ -14,6 +14,9 @@ from typing import Annotated, Any
 import msgspec
 import yaml
 
+from ._sources import SourceDef
+from ._sources import decode as decode_source
+
 _VAR = re.compile(r"\$\{([^}]*)\}")
 
 
@@ -33,6 +36,7 @@ class TrackerDef(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     experiment_tracker: TrackerDef | list[TrackerDef] | None = None
+    sources: list[SourceDef] | None = None  # streams a central daemon reads (design §13)
 
     @property
     def trackers(self) -> list[TrackerDef]:
@@ -87,6 +91,14 @@ def parse(text: str, path: str, environ: Mapping[str, str]) -> Config:
     names = [t.key for t in cfg.trackers]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"$.experiment_tracker: two trackers are named {dup!r} (set `name:`)")
+    names = [s.key for s in cfg.sources or []]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"$.sources: two sources are named {dup!r} (set `name:`)")
+    for i, src in enumerate(cfg.sources or []):
+        try:
+            decode_source(src, f"$.sources[{i}]")
+        except ValueError as e:
+            problems.append(with_line(str(e), text))
     chosen = [t.key for t in cfg.trackers if t.context]
     if len(chosen) > 1:
         problems.append("$.experiment_tracker: `context: true` is set on more than one tracker "

@@ -121,7 +121,7 @@ class CursorStore:
 
 @dataclass
 class Op:
-    kind: str  # "events" | "step_end"
+    kind: str  # "events" | "step_end" | "records"
     events: list[Event] = field(default_factory=list)
     run: RunInfo | None = None
     status: str = ""
@@ -129,6 +129,22 @@ class Op:
     mark: int = 0
     first: int = 0  # the first record it takes from
     origin: list[tuple[int, int]] = field(default_factory=list)  # (seq, index) per event
+    records: list[tuple[int, bytes]] = field(default_factory=list)  # kind "records"
+
+
+def to_record_ops(batch: list[tuple[int, int, bytes]]) -> list[Op]:
+    """Journal records → ops of raw records (for forwarders), about 1 MiB each."""
+    ops: list[Op] = []
+    size = 0
+    for seq, mark, payload in batch:
+        if not ops or size + len(payload) > READ_BYTES:
+            ops.append(Op("records", first=seq))
+            size = 0
+        op = ops[-1]
+        op.records.append((seq, payload))
+        op.seq, op.mark = seq, mark
+        size += len(payload)
+    return ops
 
 
 def to_ops(batch: list[tuple[int, int, bytes]]) -> list[Op]:

@@ -111,7 +111,7 @@ class _Fold:
 
     def mark(self, st: dict[str, Any], m: proto.StepMark) -> None:
         key = (m.step_name, m.attempt or m.client_id)
-        by_daemon = m.client_id == proto.DAEMON_CLIENT_ID
+        by_daemon = m.client_id.split("@", 1)[0] == proto.DAEMON_CLIENT_ID
         att = self.attempts.get(key)
         if att is None:
             if by_daemon:

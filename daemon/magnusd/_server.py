@@ -30,6 +30,7 @@ from ._ingress import Dedup, Ingress
 from ._journal import Journal, Reader
 from ._runstore import RunStore
 from ._settings import Settings
+from ._sources import Sources
 from ._systemd import Notifier, early_signals, listen_fds
 from ._tracker import RunInfo
 from ._trackers import Trackers
@@ -133,6 +134,8 @@ class Daemon:
         self.trackers = Trackers(self.journal, settings.data_dir, settings.config, environ)
         self.store: RunStore | None = None
         self.reaper: Reaper | None = None
+        self.sources = Sources(self.ingress, self.journal)
+        self.trackers.on_sources.append(self.sources.apply)
         self.viewer = Viewer(settings, self.journal,
                              lambda: self.store.take_touched() if self.store else set())
         self.accept_errors = 0
@@ -160,6 +163,7 @@ class Daemon:
             "config": {"path": s.config, "loaded_at": self.trackers.loaded_at,
                        "error": self.trackers.error},
             "trackers": self.trackers.status(),
+            "sources": self.sources.status(),
             "socket": self.socket_path,
             "socket_activated": self.activated,
             "data_dir": s.data_dir,
@@ -270,6 +274,7 @@ class Daemon:
                 store = self.store
                 self.trackers.on_change.append(
                     lambda defs: store.set_run_config({"experiment_tracker": defs}))
+                await tg.start(self.sources.serve)
                 await tg.start(self.trackers.serve)
                 tg.start_soon(self.trackers.watch, self.stopping)
                 tg.start_soon(self._retention)

@@ -113,6 +113,14 @@ class BaseExperimentTracker:
     def log_parameter(self, key: str, value: Any) -> None:
         """Record a parameter of the current run (for trackers that distinguish them)."""
 
+    #: A forwarder (the `nats` tracker) gets the journal's records as clients sent them —
+    #: events, step marks and environment metrics — through `log_records`, not events.
+    raw_records: ClassVar[bool] = False
+
+    def log_records(self, records: list[tuple[int, bytes]]) -> None:
+        """Deliver journal records `(seq, msgpack payload)` in order (when `raw_records`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not forward records")
+
     def log_batch(self, events: list[Event]) -> None:
         """Deliver a batch, in order. Override for speed; the default calls `log_metric`."""
         for e in events:

@@ -94,6 +94,7 @@ class Trackers:
         self.loaded = anyio.Event()  # the config of the start has been acted on
         self.notifier: Any = None  # _systemd.Notifier, set by the daemon
         self.on_change: list[Any] = []  # callbacks(definitions) after a successful load
+        self.on_sources: list[Any] = []  # callbacks(source definitions), likewise
 
     def status(self) -> list[dict[str, Any]]:
         return [r.status() for r in self.runners.values()]
@@ -155,6 +156,8 @@ class Trackers:
                       e)
             return False
         self._swap(built)
+        for cb in self.on_sources:
+            cb(cfg.sources or [])
         self.error = "\n".join(b.error for b in built if b.error) or None
         self.loaded_at = time.time()
         self._set_definitions(text)

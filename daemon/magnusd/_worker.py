@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 from . import _workerwire as wire
-from ._fanout import READ_BYTES, Op, to_ops
+from ._fanout import READ_BYTES, Op, to_ops, to_record_ops
 from ._journal import Reader
 from ._tracker import BaseExperimentTracker, Event, PermanentError, RunInfo
 
@@ -157,6 +157,7 @@ class Worker:
         assert self.spec is not None
         reader = Reader(self.spec.journal_dir, go.seq + 1)
         skip = {(seq, index) for seq, index in go.skip}
+        mark = go.mark
         while True:
             with self.cond:
                 if self.stopping:
@@ -167,11 +168,15 @@ class Worker:
                     if not self.stopping and self.tail < reader.next_seq:
                         self.cond.wait(IDLE_POLL_S)
                 continue
-            for op in to_ops(batch):
+            assert self.tracker is not None
+            raw = self.tracker.raw_records
+            for op in (to_record_ops(batch) if raw else to_ops(batch)):
                 with self.cond:
                     if self.stopping:
                         return  # between ops: the daemon's cursor is exact
                 delivered, dead = self._deliver(op, op.first == go.isolate, skip)
+                if raw:  # count events, as `pending` does: the journal's marks tell
+                    delivered, mark = op.mark - mark, op.mark
                 self.send(wire.Done(op.seq, op.mark, delivered, dead))
 
     # -- delivery ---------------------------------------------------------------------------
@@ -207,6 +212,8 @@ class Worker:
         """Deliver one op: (events delivered, events dead-lettered here)."""
         tracker = self.tracker
         assert tracker is not None
+        if op.kind == "records":
+            return self._forward(op.records, op.first), 0
         if op.kind == "step_end":
             assert op.run is not None
             try:
@@ -225,6 +232,20 @@ class Worker:
         else:
             dead = self._split(pairs, wire.Begin(op.first, len(pairs))) if pairs else 0
         return len(pairs) - dead, dead
+
+    def _forward(self, recs: list[tuple[int, bytes]], first: int) -> int:
+        """Forward raw records; a record the far end refuses for good is dead-lettered."""
+        tracker = self.tracker
+        assert tracker is not None
+        try:
+            self._call(tracker.log_records, wire.Begin(first, len(recs)), recs)
+            return len(recs)
+        except PermanentError as e:
+            if len(recs) == 1:
+                self._dead_letter([{"seq": recs[0][0], "bytes": len(recs[0][1])}], e)
+                return 0
+            half = len(recs) // 2
+            return self._forward(recs[:half], first) + self._forward(recs[half:], first)
 
     def _split(self, pairs: list[tuple[Event, tuple[int, int]]], begin: wire.Begin) -> int:
         """Deliver; on PermanentError halve until the refused events are alone."""

@@ -163,7 +163,8 @@ Message = (Hello | Welcome | Batch | StepMark | Sync | Ack | StatusRequest | Sta
            | ContextRequest | ContextReply)
 # Messages that change stored state: the only ones journaled and spooled.
 Journaled = Batch | StepMark
-# The client id of step ends the daemon writes itself (for processes that died mid-step).
+# The client id of step ends the daemon writes itself (for processes that died mid-step), as
+# "magnusd@<host>", with the journal seq as their seq: unique wherever they are forwarded.
 DAEMON_CLIENT_ID = "magnusd"
 
 def _no_ext(code: int, data: memoryview) -> Any:
