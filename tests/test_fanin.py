@@ -226,3 +226,39 @@ def test_wrong_credentials_and_an_unreachable_server_are_status_errors(
         assert edge.alive() and central.alive()
     finally:
         guarded.kill()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_the_central_daemon_feeds_one_mlflow_server_for_every_host(
+        make_daemon: Callable[..., Daemon], root: Path, nats_server: Nats) -> None:
+    from test_tracker_mlflow import MlflowServer, client
+
+    server = MlflowServer(root)
+    server.start()
+    try:
+        central = make_host(make_daemon, root, "central", central_cfg(
+            nats_server.url, f"experiment_tracker:\n  type: mlflow\n"
+                             f"  config: {{tracking_uri: '{server.uri}'}}\n")).start()
+        edges = [make_host(make_daemon, root, f"h{i}", edge_cfg(nats_server.url)).start()
+                 for i in range(3)]
+        for i, e in enumerate(edges):
+            e.client(STREAM.format(n=3000, every=1000), MAGNUS_RUN_ID=f"team-{i}",
+                     MAGNUS_RUN_TAG="team")
+        c = client(server.uri)
+
+        def histories() -> dict[str, list[int]] | None:
+            exp = c.get_experiment_by_name("team")
+            if exp is None:
+                return None
+            runs = c.search_runs([exp.experiment_id])
+            got = {r.info.run_name: sorted(m.step for m in
+                                           c.get_metric_history(r.info.run_id, "x"))
+                   for r in runs}
+            return got if len(got) == 3 and all(len(v) == 3000 for v in got.values()) else None
+
+        got = wait_for(histories, timeout=180, every=1.0, what="three runs in MLflow")
+        assert got == {f"team-{i}": list(range(1, 3001)) for i in range(3)}  # each point once
+    finally:
+        server.stop()
