@@ -172,8 +172,8 @@ class Reaper:
 
     def _end_mark(self, a: OpenAttempt, reason: str) -> proto.StepMark:
         return proto.StepMark(f"{proto.DAEMON_CLIENT_ID}@{self.host}", 0, a.run_id, a.tag,
-                              a.step_name, "end", time.time(), "FAIL", a.attempt, a.host, a.pid, a.pid_start,
-                              a.rank, reason, a.pid_ns)
+                              a.step_name, "end", time.time(), "FAIL", a.attempt, a.host, a.pid,
+                              a.pid_start, a.rank, reason, a.pid_ns)
 
     def _spool_pending(self) -> bool:
         try:

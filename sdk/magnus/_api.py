@@ -113,14 +113,11 @@ class _TrackerContext:
         reply = _CLIENT.ask_context()
         if reply is None or not reply.tracker_type:
             return None
-        from magnusd._plugins import decode_config, load_class  # only when a tracker is active
-        from magnusd._tracker import RunInfo
+        from ._context import Run, client_context  # only when a tracker is active
 
-        cls = load_class(reply.tracker_type)
-        tracker = cls(decode_config(cls, reply.config, "config"))
         cur = _CLIENT.current()
-        self._cm = tracker.client_context(RunInfo(cur.run_id, cur.tag, cur.step_name),
-                                          reply.state)
+        self._cm = client_context(reply.tracker_type, reply.config,
+                                  Run(cur.run_id, cur.tag, cur.step_name), reply.state)
         return self._cm.__enter__()
 
     def __exit__(self, *exc: Any) -> Any:

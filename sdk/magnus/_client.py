@@ -138,6 +138,9 @@ class Client:
         self.uncaught = False
         self.last_error = ""
         self.paths: tuple[str, str] | None = None  # (socket, spool directory), resolved once
+        # Where frames go instead of the daemon (magnus.testing): anything with
+        # deliver(frames: list[bytes]); None is the daemon's socket (or the spool).
+        self.transport: Any = None
 
     # -- identity -------------------------------------------------------------------------
 
@@ -261,6 +264,9 @@ class Client:
             self._spool()
             return
         if not pending:
+            return
+        if self.transport is not None:
+            self._deliver_to(self.transport)
             return
         if self.sock is None and (flushing or time.monotonic() >= self.next_connect):
             self._connect()
@@ -494,6 +500,13 @@ class Client:
                 self.done_seq = upto
             self.cond.notify_all()
 
+    def _deliver_to(self, transport: Any) -> None:
+        with self.lock:
+            todo = list(self.unacked)
+        if todo:
+            transport.deliver([f for _, f, _ in todo])
+            self._mark_done(todo[-1][0])
+
     # -- spool ------------------------------------------------------------------------------
 
     def _spool(self) -> None:
@@ -540,6 +553,8 @@ class Client:
 
         proto = _proto()
         self.start()
+        if self.transport is not None:
+            return None  # captured in memory (magnus.testing): no tracker
         self.warm()
         assert self.paths is not None
         cur = self.current()
