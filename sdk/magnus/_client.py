@@ -23,10 +23,10 @@ Locks are never held across I/O, so `os.fork()` can always take them (`register_
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import os
 import sys
-import threading
 import time
 
 from ._identity import (
@@ -43,6 +43,7 @@ from ._paths import socket_path, spool_dir
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing, socket and select cost milliseconds: never on `import magnus`
     import socket
+    import threading
     from typing import Any
 
 FLUSH_INTERVAL = 0.02  # s between flusher cycles
@@ -106,9 +107,11 @@ class Client:
 
     def _init_process_state(self) -> None:
         """Everything that belongs to one process (re-run in a forked child)."""
-        self.lock = threading.Lock()  # guards the fields below; never held across I/O
-        self.cond = threading.Condition(self.lock)
-        self.enc_lock = threading.Lock()  # one encoder at a time (flusher or flush())
+        # `threading` (with functools and collections) costs milliseconds: plain locks here,
+        # the Condition and the thread once the SDK is used
+        self.lock = _thread.allocate_lock()  # guards the fields below; never held across I/O
+        self._cond: threading.Condition | None = None
+        self.enc_lock = _thread.allocate_lock()  # one encoder at a time (flusher or flush())
         self.client_id = os.urandom(8).hex()
         self.seq = 0  # last seq assigned
         self.done_seq = 0  # every seq <= this is durable (acked or spooled)
@@ -162,6 +165,15 @@ class Client:
             self.marks_added += 1
             self.cur = mark.after
 
+    @property
+    def cond(self) -> threading.Condition:
+        """`lock` as a Condition (made on first use)."""
+        if self._cond is None:
+            import threading
+
+            self._cond = threading.Condition(self.lock)
+        return self._cond
+
     def new_attempt(self) -> str:
         with self.lock:
             self.attempts += 1
@@ -192,6 +204,9 @@ class Client:
             self.current()
             self.wake_r, self.wake_w = os.pipe()
             os.set_blocking(self.wake_w, False)
+            import threading
+
+            self.cond  # noqa: B018 - made here, before another thread can race for it
             self.thread = threading.Thread(target=self._run, name="magnus-flusher", daemon=True)
             self.thread.start()
         if not self.excepthook_set:

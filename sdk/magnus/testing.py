@@ -14,7 +14,8 @@ rules (`magnus._fold`, the code `magnusd show` uses): `step` names, `key_<step>`
 values winning, attempts and statuses, ranks, environment metrics. `events()` lists what
 trackers would receive. The implicit step of the process (`MAGNUS_STEP_NAME`, else "main") is
 still open while the process runs, so its status reads PROCESSING; explicit `step()` blocks end.
-Not thread-safe against another capture: one at a time per process.
+Run id, tag and step name are read from the environment again at the start and the end of the
+block (a test may set `MAGNUS_RUN_ID`). One capture at a time per process.
 """
 
 from __future__ import annotations
@@ -88,8 +89,19 @@ def capture() -> Iterator[Captured]:
     client.start()
     captured = Captured()
     previous, client.transport = client.transport, captured
+    _fresh_identity(client)
     try:
         yield captured
     finally:
         client.flush(10)
         client.transport = previous
+        _fresh_identity(client)
+
+
+def _fresh_identity(client: _client.Client) -> None:
+    """Read run id, tag and step from the environment again (a test may have changed them)."""
+    with client.enc_lock:
+        client._encode_pending()  # what is pending keeps the identity it was tracked under
+        with client.lock:
+            if not any(type(e) is _client.Mark for e in _client.buffer):
+                client.cur = client.ctx = None
