@@ -9,7 +9,7 @@ temp dir in /tmp; MAGNUS_FSYNC_INTERVAL and segment size at their defaults: 0.1 
 `track_this(step=i, loss=...)` as fast as they can and `flush()` every --flush-every calls,
 until `status` shows journal bytes ≥ --gib GiB; then they stop, flush, and the run store
 catches up. The journal is what real training loops write: columnar batches of up to 8192
-calls, about 22 bytes an event.
+calls, about 23 bytes an event.
 
 **What keeps the journal.** `Daemon._retention` deletes, every 5 s, the segments whose records
 are all at or below `floor` = min(run-store checkpoint, lowest tracker cursor). With no tracker
@@ -36,7 +36,9 @@ serve`; time.monotonic() just before it):
 
 - answer: until `status` answers (asked in-process like `magnusd status --json` does,
   `magnusd._cli.request_status`, every 10 ms; a CLI start adds ~0.1 s of its own);
-- caught up: until `status` shows runlog.applied_seq == journal.last_seq;
+- caught up: until `status` shows runlog.applied_seq == journal.last_seq (a run store whose
+  `status` runlog.error stays set for 10 s — it retries every second — is reported as stuck
+  and not waited for);
 - peak RSS: the daemon's VmHWM (/proc/<pid>/status) once caught up, i.e. its peak over the
   whole recovery (each start is a fresh process); daemon CPU s and bytes the daemon read
   (`rchar` of /proc/<pid>/io) over the same span; "recovered" is the daemon's own log line
@@ -44,21 +46,22 @@ serve`; time.monotonic() just before it):
   the records after the run-store checkpoint, or at least the last segment, to rebuild the
   duplicate check — all before the socket is bound).
 
-Cases, in this order (each repetition starts from the state the previous one left):
+Cases (run in the order clean, kill9, damaged, nocheckpoint; each repetition starts from the
+state the previous one left):
 
 1. `clean`: SIGTERM (the daemon fsyncs, catches the run store up, checkpoints), then start;
 2. `kill9`: the clients stream for --stream-s seconds (continuing the same runs), then
    SIGKILL to the daemon during streaming and right after to the clients (so their spooled
    leftovers do not add to the restart), then start: the run store replays from its last
    checkpoint (written every second);
-3. `damaged`: SIGTERM, then one byte in the middle of the last journal segment is inverted,
-   then start; `status["journal"]["recovery"]` must report truncated bytes, salvaged records
-   and the kept copy of the damaged segment;
-4. `nocheckpoint`: SIGTERM, `<data>/runlog.checkpoint` deleted, then start: the duplicate
+3. `nocheckpoint`: SIGTERM, `<data>/runlog.checkpoint` deleted, then start: the duplicate
    check is rebuilt from the whole journal before the socket is bound, and the run store
    applies the whole journal again (appending it to the run files a second time: harmless,
    later values win). Worst case. Before each repetition the run files are truncated back to
-   their sizes before the first one, so the repetitions start alike.
+   their sizes before the first one (they are append-only), so the repetitions start alike.
+4. `damaged`: SIGTERM, then one byte in the middle of the last journal segment is inverted,
+   then start; `status["journal"]["recovery"]` must report truncated bytes, salvaged records
+   and the kept copy of the damaged segment;
 
 A reference row: the same daemon on an empty data directory (no journal, no config): the fixed
 cost of starting the interpreter and the daemon.
@@ -66,8 +69,9 @@ cost of starting the interpreter and the daemon.
 The files are on this machine's disk, read back from the page cache (the machine has far more
 RAM than the journal; dropping caches needs root): these are warm-cache times.
 
-Results: a markdown table on stdout and in benchmarks/out/recovery.md. The temp dir (with the
-daemon log) is removed at the end unless --keep.
+Results: a markdown table on stdout and in benchmarks/out/recovery.md (with --rev:
+recovery-REV.md). The temp dir (data, daemon log) is removed at the end unless --keep. Exit
+status 1 when a damaged start did not report the damage or a run store got stuck.
 """
 
 from __future__ import annotations
@@ -513,7 +517,8 @@ def report(args: argparse.Namespace, b: dict[str, Any], results: dict[str, list[
                        f"applied {r['replayed']:,} record(s) (the duplicate check read "
                        f"{r['records_after_checkpoint']:,} before the socket was bound); "
                        f"answer {r['answer_s']:.2f} s, caught up {r['caught_s']:.2f} s, "
-                       f"peak {r['hwm_mb']:.0f} MB (at answer {r['hwm_answer_mb']:.0f} MB)")
+                       f"peak {r['hwm_mb']:.0f} MB (at answer {r['hwm_answer_mb']:.0f} MB), read "
+                       f"{r['read_gb']:.2f} GB")
     for r in results.get("damaged", []):
         rec = r["recovery"]
         f = r["flip"]
@@ -574,7 +579,7 @@ def main() -> int:
         sys.exit(f"/tmp has {free / GIB:.1f} GiB free; this run needs about {need / GIB:.1f} GiB")
     load0 = loadavg()
     t_start = time.monotonic()
-    root = C.short_tmpdir("mbr")
+    root = C.short_tmpdir("mbrec")
     # The web viewer (on by default since 9bcee4f) on a port of its own, not the shared 7470.
     extra = {"MAGNUS_UI_LISTEN": "127.0.0.1:0"}
     if args.gib * GIB * 1.3 >= 10 * GIB:

@@ -60,7 +60,8 @@ class Daemon:
     def env(self) -> dict[str, str]:
         e = {k: v for k, v in os.environ.items() if not k.startswith("MAGNUS_")}
         e.update(MAGNUS_SOCKET=self.sock, MAGNUS_DATA_DIR=str(self.data),
-                 MAGNUS_CONFIG=str(self.config))
+                 MAGNUS_CONFIG=str(self.config),
+                 MAGNUS_UI_LISTEN="127.0.0.1:0")  # a viewer each, on a free port
         e.update(self.extra_env)
         return e
 

@@ -109,3 +109,14 @@ def test_reader_of_a_live_journal_stops_at_a_partial_record(tmp_path: Path) -> N
 def test_encode_many_matches_encode(n: int) -> None:
     items = [(i, b"x" * i) for i in range(1, n + 1)]
     assert records.encode_many(items) == b"".join(records.encode(s, p) for s, p in items)
+
+
+def test_a_torn_tail_is_found_reading_only_the_end_of_a_large_file(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    payload = b"p" * 100_000
+    blob = b"".join(records.encode(seq, payload) for seq in range(1, 101))  # ~10 MB
+    path.write_bytes(blob + records.encode(101, payload)[:5000])  # a torn last record
+    assert records.valid_length(str(path)) == len(blob)
+    assert len(blob) > records.TAIL_WINDOW  # the window, not the whole file, was read
+    path.write_bytes(blob)
+    assert records.valid_length(str(path)) == len(blob)

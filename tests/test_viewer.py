@@ -261,3 +261,18 @@ def test_compare_and_plot(daemon: Daemon) -> None:
     assert "c1 main/loss  (100 points)" in plot
     assert any("\u2800" <= ch <= "\u28ff" for ch in plot)  # braille dots: the curve
     assert daemon.cli("show", "c1", "--plot", "nope", check=False).returncode != 0
+
+
+def test_series_grow_across_a_restart(viewer: Viewer) -> None:
+    d = viewer.d
+    track = "from magnus import track_this, flush\nfor i in range({a}, {b}):\n" \
+            "    track_this(step=i, x=i)\nassert flush(10)\n"
+    d.client(track.format(a=1, b=1001), MAGNUS_RUN_ID="grow")
+    assert d.stop() == 0
+    d.start()
+    d.client(track.format(a=1001, b=2001), MAGNUS_RUN_ID="grow")
+    st = wait_for(lambda: (s := d.status())["runlog"]["applied_seq"] == s["journal"]["last_seq"]
+                  and s, what="the run store caught up")
+    assert st["runlog"]["error"] is None
+    s = Viewer(d, viewer.port).json("/api/runs/grow/series?key=x&step_name=main")
+    assert s["steps"] == list(range(1, 2001)) and s["downsampled"] is False

@@ -58,12 +58,13 @@ def resync(data: bytes | memoryview, start: int, after_seq: int = 0) -> int:
     """
     end = len(data)
     unpack = HEADER.unpack_from
+    view = memoryview(data)
     pos = start + 1
     while end - pos >= HEADER_SIZE:
         n, crc, seq, mark = unpack(data, pos)
         stop = pos + HEADER_SIZE + n
-        if n <= MAX_PAYLOAD and stop <= end and seq > after_seq and \
-                zlib.crc32(data[pos + HEADER_SIZE : stop], zlib.crc32(_SEQ.pack(seq, mark))) == crc:
+        if n <= MAX_PAYLOAD and stop <= end and after_seq < seq < after_seq + (1 << 40) and \
+                zlib.crc32(view[pos + HEADER_SIZE : stop], zlib.crc32(_SEQ.pack(seq, mark))) == crc:
             return pos
         pos += 1
     return end
@@ -106,13 +107,29 @@ def read_file(path: str, start: int = 0, end: int | None = None) -> bytes:
         os.close(fd)
 
 
+TAIL_WINDOW = 4 << 20  # more than two records of the largest size
+
+
 def valid_length(path: str) -> int:
-    """Length of the valid prefix of a record file (the offset to truncate a torn tail to)."""
-    data = read_file(path)
-    good = 0
-    for good, _, _, _ in scan(data):  # noqa: B007 - keep the last
+    """Length of the valid prefix of a record file (the offset to cut a torn tail at).
+
+    Reads the file's last TAIL_WINDOW bytes only: the first intact record found there (CRC
+    checked) is a record boundary, and the scan goes on from it, so a run log of any size costs
+    the same. A file with no intact record in that window is scanned whole.
+    """
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+    start = max(0, size - TAIL_WINDOW)
+    data = read_file(path, start)
+    pos = 0 if start == 0 else resync(data, -1)
+    if pos >= len(data) and start:
+        data, start, pos = read_file(path), 0, 0
+    good = pos
+    for good, _, _, _ in scan(data, pos):  # noqa: B007 - keep the last
         pass
-    return good
+    return start + good
 
 
 def write_all(fd: int, data: bytes) -> None:

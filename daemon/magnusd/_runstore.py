@@ -43,6 +43,7 @@ MAX_OPEN_FILES = 512
 MAX_SEEN_STEPS = 100_000
 CHECKPOINT_INTERVAL = 1.0
 RETRY_S = 1.0
+APPLY_BYTES = 1 << 20  # journal bytes applied at a time: bounds the decoded batches in memory
 SYNCFS_OVER = 32  # dirty files at a checkpoint beyond which one syncfs beats fsync each
 
 
@@ -219,47 +220,43 @@ class RunStore:
                     for name, points in _series.collect(msg).items():
                         path = _series.path_of(self.runs_dir, h.run_id, h.step_name, name)
                         series.setdefault(path, []).append(points)
-        for path, items in by_file.items():
-            fd = self._fd(path)
-            size = os.fstat(fd).st_size
-            try:
+        written: list[tuple[str, int, int]] = []  # (path, fd, size before): undone on failure
+        try:
+            for path, items in by_file.items():
+                fd = self._fd(path)
+                written.append((path, fd, os.fstat(fd).st_size))
                 records.write_all(fd, records.encode_many(items))
-            except OSError:
-                self._seen.clear()  # the batch is applied again: index records too
+                self._dirty.add(path)
+            for path, parts in series.items():
+                fd = self._fd(path, fixed=_series.POINT.size)
+                written.append((path, fd, os.fstat(fd).st_size))
+                self._append_points(path, fd, parts)
+        except OSError:
+            # The batch will be applied again: leave no part of it behind, anywhere.
+            self._seen.clear()
+            self._last_step.clear()
+            for path, fd, size in written:
                 try:
-                    os.ftruncate(fd, size)  # no partial record stays behind
+                    os.ftruncate(fd, size)
                 except OSError:
                     self._checked.discard(path)  # cut at the next open (a torn tail)
                     self._close(path)
-                raise
-            self._dirty.add(path)
-        for path, parts in series.items():
-            self._append_points(path, parts)
+            raise
         with self._touched_lock:
             self._touched |= touched
         if batch:
             self.applied_seq = max(self.applied_seq, batch[-1][0])
 
-    def _append_points(self, path: str, parts: list[_series.Points]) -> None:
-        fd = self._fd(path, fixed=_series.POINT.size)
-        size = os.fstat(fd).st_size
+    def _append_points(self, path: str, fd: int, parts: list[_series.Points]) -> None:
         last = self._last_step.pop(path, None)
         if last is None:
             last = _series.last_step(fd)
         data = b"".join(map(_series.encode, parts))
         steps = [s for p in parts for s in p[0]]
-        try:
-            if not _series.is_sorted(steps, last):
-                os.close(os.open(path[: -len(_series.SUFFIX)] + _series.UNSORTED,
-                                 os.O_WRONLY | os.O_CREAT, 0o600))
-            records.write_all(fd, data)
-        except OSError:
-            try:
-                os.ftruncate(fd, size)
-            except OSError:
-                self._checked.discard(path)
-                self._close(path)
-            raise
+        if not _series.is_sorted(steps, last):
+            os.close(os.open(path[: -len(_series.SUFFIX)] + _series.UNSORTED,
+                             os.O_WRONLY | os.O_CREAT, 0o600))
+        records.write_all(fd, data)
         self._dirty.add(path)
         self._last_step[path] = max(last, steps[-1]) if steps else last
         while len(self._last_step) > MAX_OPEN_FILES:
@@ -275,7 +272,7 @@ class RunStore:
         if not os.path.exists(path):
             self._sync_all = True  # a new file: its directory entry must be durable too
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)  # series: read the tail
         if path not in self._checked:
             size = os.fstat(fd).st_size
             good = size - size % fixed if fixed else records.valid_length(path)
@@ -334,7 +331,7 @@ class RunStore:
         reader = Reader(journal.dir, self.applied_seq + 1, journal)
         while True:
             try:
-                batch = await anyio.to_thread.run_sync(reader.read)
+                batch = await anyio.to_thread.run_sync(reader.read, APPLY_BYTES)
                 if batch:
                     await anyio.to_thread.run_sync(self._apply_and_checkpoint, batch)
                 else:

@@ -219,8 +219,9 @@ class Daemon:
         self.journal.ensure_after(max([self.store.applied_seq, *(c.seq for c in cursors)]),
                                   max((c.mark for c in cursors), default=0))
         # Rebuild the duplicate check from what clients may still resend: the records after the
-        # run-store checkpoint, and at least the last segment.
-        start = min(self.store.applied_seq + 1, self.journal.segments[-1])
+        # run-store checkpoint (at most the last three segments), and at least the last one.
+        segs = self.journal.segments
+        start = max(min(self.store.applied_seq + 1, segs[-1]), segs[max(0, len(segs) - 3)])
         reader = Reader(self.journal.dir, start, self.journal)
         n = 0
         while batch := reader.read():
