@@ -34,6 +34,20 @@ STREAM = """
 """
 
 
+# About 30 s of streaming: still going through the outages and kills below.
+SLOW = """
+    import time
+    from magnus import step, track_this, flush
+    with step("train"):
+        for i in range(1, {n} + 1):
+            track_this(step=i, x=i)
+            if i % {every} == 0:
+                assert flush(60)
+                time.sleep(1)
+    assert flush(60)
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -170,7 +184,7 @@ def test_outages_and_kills_on_every_side_lose_nothing_and_double_nothing(
         make_daemon: Callable[..., Daemon], root: Path, nats_server: Nats) -> None:
     central = make_host(make_daemon, root, "central", central_cfg(nats_server.url)).start()
     edge = make_host(make_daemon, root, "edge", edge_cfg(nats_server.url)).start()
-    client = edge.popen(STREAM.format(n=150_000, every=5_000), MAGNUS_RUN_ID="chaos")
+    client = edge.popen(SLOW.format(n=150_000, every=5_000), MAGNUS_RUN_ID="chaos")
     wait_for(lambda: len(xs(central, "chaos")) > 10_000, timeout=120, what="flowing")
     nats_server.kill()  # the server down for a while, mid-stream
     wait_for(lambda: edge.status()["trackers"][0]["state"] == "failing", timeout=60,

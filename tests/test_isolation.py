@@ -161,3 +161,14 @@ def _parent(pid: int) -> int:
     except OSError:
         return -1
     return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def test_an_idle_tracker_is_not_taken_for_a_hung_one(make_daemon: Callable[..., Daemon],
+                                                     root: Path) -> None:
+    d = make_daemon(f"experiment_tracker:\n  - {{type: file, name: idle, timeout_s: 0.5, "
+                    f"config: {{path: '{root / 'idle.jsonl'}'}}}}\n").start()
+    wait_for(lambda: d.status()["trackers"] and d.status()["trackers"][0]["state"] == "running",
+             what="the tracker started")
+    wait_for(lambda: d.status()["uptime_s"] > 3, what="six timeouts' worth of idling")
+    (t,) = d.status()["trackers"]
+    assert t["restarts"] == 0 and t["in_flight_s"] is None, t

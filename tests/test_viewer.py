@@ -188,6 +188,7 @@ def test_only_the_token_and_the_own_host_get_in(viewer: Viewer) -> None:
     token_file = Path(viewer.d.sock + ".token")
     assert token_file.stat().st_mode & 0o777 == 0o600
     assert viewer.token not in viewer.d.log.read_text()
+    assert viewer.get("/favicon.ico")[0] == 204
     with urllib.request.urlopen(f"{viewer.base}/?token={viewer.token}", timeout=10) as r:
         assert b"magnusd" in r.read() and r.headers["content-type"].startswith("text/html")
 

@@ -14,10 +14,12 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import os
 import secrets
 import socket
 import time
+from array import array
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -28,6 +30,7 @@ from magnus import _protocol as proto
 
 from . import _views
 from ._journal import Journal, Reader
+from ._series import downsample as _series_downsample
 from ._settings import Settings
 
 TYPE_CHECKING = False
@@ -39,6 +42,8 @@ HERE = os.path.join(os.path.dirname(__file__), "ui")
 COOKIE = "magnusd_token"
 SSE_EVERY_S = 0.25
 SSE_KEEPALIVE_S = 15.0
+LIVE_BYTES = 1 << 20  # journal read per live message
+LIVE_POINTS = 5000  # per series per message; more is downsampled (min and max kept)
 _decoder = msgspec.msgpack.Decoder(proto.Batch | proto.StepMark)
 
 
@@ -157,7 +162,9 @@ class Viewer:
                                      media_type="text/event-stream", headers=_NO_CACHE)
 
         async def no_icon(request: Any) -> Response:
-            return Response(status_code=204)
+            from starlette import responses
+
+            return responses.Response(status_code=204)
 
         routes = [Route("/", page("index.html")), Route("/favicon.ico", no_icon),
                   Route("/runs/{run_id:path}", page("run.html")),
@@ -176,10 +183,9 @@ class Viewer:
             while True:
                 with anyio.move_on_after(SSE_KEEPALIVE_S):
                     await self.journal.wait_written(reader.next_seq - 1)
-                batch = await anyio.to_thread.run_sync(reader.read)
-                out = _points(batch, run_id, tag) if batch else None
-                if out:
-                    yield b"data: " + msgspec.json.encode(out) + b"\n\n"
+                data = await anyio.to_thread.run_sync(_message, reader, run_id, tag)
+                if data:
+                    yield data
                 elif time.monotonic() - last_beat > SSE_KEEPALIVE_S:
                     yield b": keepalive\n\n"
                 else:
@@ -188,6 +194,13 @@ class Viewer:
                 await anyio.sleep(SSE_EVERY_S)
         finally:
             self.streams -= 1
+
+
+def _message(reader: Reader, run_id: str | None, tag: str | None) -> bytes | None:
+    """The next SSE message (in a worker thread: decoding stays off the event loop)."""
+    batch = reader.read(LIVE_BYTES)
+    out = _points(batch, run_id, tag) if batch else None
+    return b"data: " + msgspec.json.encode(out) + b"\n\n" if out else None
 
 
 def _points(batch: list[tuple[int, int, bytes]], run_id: str | None,
@@ -215,6 +228,13 @@ def _points(batch: list[tuple[int, int, bytes]], run_id: str | None,
             s["values"] += [v if v == v and abs(v) != float("inf") else None for v in values]
     if not series and not marks:
         return None
+    for s in series.values():  # a burst: keep each bucket's extremes, as the API does
+        if len(s["steps"]) > LIVE_POINTS:
+            s["steps"], s["times"], s["values"], _ = _series_downsample(
+                array("q", s["steps"]), array("d", s["times"]),
+                array("d", [math.nan if v is None else v for v in s["values"]]), LIVE_POINTS)
+            s["values"] = [v if v == v else None for v in s["values"]]
+            s["downsampled"] = True
     return {"series": list(series.values()), "marks": marks}
 
 
@@ -225,19 +245,8 @@ _encoder = msgspec.json.Encoder(enc_hook=repr)
 def _json(obj: Any, status: int = 200) -> Response:
     from starlette.responses import Response
 
-    return Response(_encoder.encode(_finite(obj)), status_code=status,
+    return Response(_encoder.encode(obj), status_code=status,  # NaN and ±inf as null
                     media_type="application/json", headers=_NO_CACHE)
-
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN or infinity: null instead (values keep their place)."""
-    if type(obj) is float:
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
-    if type(obj) is dict:
-        return {k: _finite(v) for k, v in obj.items()}
-    if type(obj) is list:
-        return [_finite(v) for v in obj]
-    return obj
 
 
 class _Guard:

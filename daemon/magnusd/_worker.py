@@ -141,6 +141,7 @@ class Worker:
             return
         try:
             self._call(self.tracker.start, wire.Begin(go.seq + 1, 0))
+            self.send(wire.Done(0, 0, 0))  # started: no call in flight while it waits for work
             self._deliver_from(go)
         except Stopped:
             pass

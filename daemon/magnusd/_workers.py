@@ -42,7 +42,7 @@ from ._worker import write_dead_letters
 
 log = logging.getLogger("magnusd.workers")
 RESTART_MIN_S, RESTART_MAX_S = 0.5, 10.0
-STOP_GRACE_S = 2.0  # after Stop: then the worker is killed
+STOP_GRACE_S = 5.0  # after Stop: then the worker is killed (MLflow takes ~1.5 s to exit)
 READY_TIMEOUT_S = 120.0  # importing a tracker's library can take seconds
 ISOLATE_AFTER = 5  # deaths on one op before it is delivered event by event
 MEMORY_KILL_FACTOR = 1.5

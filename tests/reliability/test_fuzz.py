@@ -99,7 +99,10 @@ def live(make_daemon: Callable[..., Daemon]) -> Iterator[tuple[Daemon, subproces
     yield d, client
     if client.poll() is None:
         client.kill()
-        client.communicate(timeout=10)
+    for pipe in (client.stdout, client.stderr):  # closed, whatever happened to the test
+        if pipe is not None:
+            pipe.close()
+    client.wait(10)
 
 
 def finish(d: Daemon, client: subprocess.Popen[str], fds_before: int) -> dict[str, Any]:

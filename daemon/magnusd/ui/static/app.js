@@ -193,8 +193,9 @@
       const cell = (c, id) => {
         const d = c.runs[id];
         if (!d || !d.values.length) return "<td>–</td>";
-        const vs = d.values.filter((v) => v != null);
-        return `<td>${fmt(d.values[d.values.length - 1])} / ${fmt(Math.min(...vs))} / ${fmt(Math.max(...vs))}</td>`;
+        let lo = null, hi = null;
+        for (const v of d.values) if (v != null) { lo = lo == null || v < lo ? v : lo; hi = hi == null || v > hi ? v : hi; }
+        return `<td>${fmt(d.values[d.values.length - 1])} / ${fmt(lo)} / ${fmt(hi)}</td>`;
       };
       document.getElementById("compare-table").innerHTML =
         `<tr><th>metric</th>${runIds.map((id) => `<th style="color:${color(id)}">${esc(id)} last / min / max</th>`).join("")}</tr>` +
@@ -259,7 +260,9 @@
         if (!runIds.includes(s.run_id)) continue;
         const name = `${s.step_name}/${s.key}`, c = ensureChart(name);
         const d = c.runs[s.run_id] || (c.runs[s.run_id] = {steps: [], times: [], values: []});
-        d.steps.push(...s.steps); d.times.push(...s.times); d.values.push(...s.values);
+        for (let i = 0; i < s.steps.length; i++) {  // no spread: a message can be large
+          d.steps.push(s.steps[i]); d.times.push(s.times[i]); d.values.push(s.values[i]);
+        }
         redraw(name);
       }
       const marked = new Set(msg.marks.map((m) => m.run_id).filter((id) => runIds.includes(id)));
