@@ -201,8 +201,13 @@ def test_outages_and_kills_on_every_side_lose_nothing_and_double_nothing(
     _, err = client.communicate(timeout=300)  # the client spooled while its edge was down
     assert client.returncode == 0, err
     wait_for(lambda: forwarded(edge), timeout=120, what="edge forwarded everything")
-    m = wait_for(lambda: len(x := xs(central, "chaos")) == 150_000 and x, timeout=120,
-                 what="every event at the central daemon")
+    try:
+        m = wait_for(lambda: len(x := xs(central, "chaos")) == 150_000 and x, timeout=120,
+                     what="every event at the central daemon")
+    except AssertionError:
+        raise AssertionError((len(xs(central, "chaos")), edge.status()["trackers"],
+                              central.status()["sources"], edge.log_text()[-1500:],
+                              central.log_text()[-1500:])) from None
     assert all(m[f"x_{k}"] == k for k in range(1, 150_001))
     # nothing doubled: the central journal holds each original once
     assert central_events(central, "chaos") == 150_000

@@ -127,6 +127,8 @@ class Source:
                 try:
                     msgs = await sub.fetch(c.batch, timeout=1)
                 except (FetchTimeout, TimeoutError):  # nothing new within the second
+                    msgs = []
+                if not msgs:
                     self.lag = 0
                     continue
                 await self._take([m.data for m in msgs])
