@@ -22,24 +22,15 @@ from magnus import _protocol as proto
 
 from ._ingress import Ingress
 from ._journal import Journal, Unwritable
+from .trackers.nats import NatsConnection
 
 log = logging.getLogger("magnusd.sources")
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
 _HELLO = proto.Hello(proto.PROTOCOL_VERSION, "source")
 
 
-class NatsSourceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    url: str
-    stream: str = "MAGNUS"
-    subject: str = "magnus"
+class NatsSourceConfig(NatsConnection):
     durable: str = "central"
-    token: str | None = None
-    user: str | None = None
-    password: str | None = None
-    creds_file: str | None = None
-    tls_ca_file: str | None = None
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
     batch: int = 256
     duplicate_window_s: float = 3600.0
 

@@ -29,7 +29,9 @@ import msgspec
 from .._tracker import BaseExperimentTracker, PermanentError
 
 
-class NatsConfig(msgspec.Struct, forbid_unknown_fields=True):
+class NatsConnection(msgspec.Struct, forbid_unknown_fields=True):
+    """Where the stream is and how to log in: both sides' configs start with these."""
+
     url: str
     stream: str = "MAGNUS"
     subject: str = "magnus"
@@ -40,6 +42,9 @@ class NatsConfig(msgspec.Struct, forbid_unknown_fields=True):
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+
+
+class NatsConfig(NatsConnection):
     max_pending: int = 256
     timeout_s: float = 10.0
     duplicate_window_s: float = 3600.0
