@@ -43,7 +43,7 @@ MAX_OPEN_FILES = 512
 MAX_SEEN_STEPS = 100_000
 CHECKPOINT_INTERVAL = 1.0
 RETRY_S = 1.0
-APPLY_BYTES = 1 << 20  # journal bytes applied at a time: bounds the decoded batches in memory
+APPLY_BYTES = 1 << 20  # journal bytes applied at a time (a read takes 2 MiB chunks at least)
 SYNCFS_OVER = 32  # dirty files at a checkpoint beyond which one syncfs beats fsync each
 
 
