@@ -52,6 +52,10 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/swap.py
 	$(BIN)/python benchmarks/trackers.py
+	$(BIN)/python benchmarks/track_values.py
+	$(BIN)/python benchmarks/rss.py
+	$(BIN)/python benchmarks/recovery.py
+	$(BIN)/python benchmarks/viewer.py
 
 clean:
 	rm -rf $(VENV) build dist
