@@ -10,6 +10,7 @@ the op in flight.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -112,10 +113,8 @@ class CursorStore:
 
     def delete(self, name: str) -> None:
         """Forget a removed tracker: its cursor and its state directory."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(name))
-        except FileNotFoundError:
-            pass
         shutil.rmtree(self._path(name, ".state"), ignore_errors=True)
 
 

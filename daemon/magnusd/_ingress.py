@@ -23,6 +23,7 @@ import math
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from contextlib import suppress as _suppress
 from typing import Any
 
 import anyio
@@ -192,11 +193,11 @@ class Ingress:
                 with scope:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._writer, stream, receive)
+                        # the writer may find the client gone first
                         async with send:
-                            try:
+                            with _suppress(anyio.BrokenResourceError,
+                                           anyio.ClosedResourceError):
                                 await self._reader(stream, send, peer)
-                            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                                pass  # the writer found the client gone
             finally:
                 self._connections.discard(scope)
                 self.clients -= 1

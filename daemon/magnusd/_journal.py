@@ -16,6 +16,7 @@ Segments wholly below every consumer's durable cursor are deleted (`retain`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -263,14 +264,10 @@ class Journal:
         over = self.disk_bytes() - max_bytes if max_bytes else 0
         while len(segs) > 1 and (segs[1] - 1 <= min_cursor
                                  or (over > 0 and segs[1] - 1 <= keep_after)):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 over -= os.stat(self.path(segs[0])).st_size
-            except FileNotFoundError:
-                pass
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path(segs[0]))
-            except FileNotFoundError:
-                pass
             segs = segs[1:]
             removed += 1
         self.segments = segs
@@ -288,18 +285,14 @@ class Journal:
     def disk_bytes(self) -> int:
         total = 0
         for s in self.segments:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 total += os.stat(self.path(s)).st_size
-            except FileNotFoundError:
-                pass
         return total
 
 
 def _close_quietly(fd: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.close(fd)
-    except OSError:
-        pass
 
 
 def _fsync_all(fds: list[int], close: list[int]) -> None:

@@ -8,6 +8,7 @@ caught up.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -121,10 +122,8 @@ def list_runs(data_dir: str, tag: str | None = None) -> list[dict[str, Any]]:
             last[run_id] = max(last.get(run_id, 0), seq)
             if type(msg) is StepSeen:
                 fold.updated = max(fold.updated, msg.ts)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             fold.updated = max(fold.updated, os.stat(os.path.join(runs_dir, name, "log")).st_mtime)
-        except FileNotFoundError:
-            pass
     for seq, payload in _journal_tail(data_dir, None):
         h = head_decoder.decode(payload)
         if seq <= last.get(h.run_id, 0):

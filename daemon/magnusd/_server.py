@@ -7,6 +7,7 @@ journal, lets the run store catch up (bounded), checkpoints and removes the sock
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -256,10 +257,8 @@ class Daemon:
                 await self._serve(sock)
             finally:
                 if not inherited:
-                    try:
+                    with contextlib.suppress(FileNotFoundError):
                         os.unlink(s.socket)
-                    except FileNotFoundError:
-                        pass
         finally:
             for fd in lock_fds:
                 os.close(fd)

@@ -8,6 +8,7 @@ costs a `stat` per run.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -38,10 +39,8 @@ def summarize(runs_dir: str, name: str) -> dict[str, Any]:
         if type(msg) is StepSeen:
             first_seen = msg.ts if first_seen is None else min(first_seen, msg.ts)
             fold.updated = max(fold.updated, msg.ts)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         fold.updated = max(fold.updated, os.stat(os.path.join(runs_dir, name, "log")).st_mtime)
-    except FileNotFoundError:
-        pass
     r = fold.result()
     attempts = [a for st in r["steps"].values() for a in st["attempts"]]
     starts = [t for a in attempts if (t := _ts(a["start_time"])) is not None]

@@ -20,6 +20,7 @@ its cursor, so every event reaches exactly one of them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -85,10 +86,8 @@ class Worker:
         return wire.from_worker.decode(self._frames.pop(0))
 
     def kill(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
-        except ProcessLookupError:
-            pass
 
     async def stop_idle(self) -> None:
         """End a worker that has no tracker yet: closing its stdin is its signal to exit."""

@@ -63,7 +63,7 @@ buffer: list[Any] = []
 class Ctx:
     """Identity of the records that follow it in the buffer (`attempt` empty when implicit)."""
 
-    __slots__ = ("run_id", "tag", "step_name", "explicit", "attempt")
+    __slots__ = ("attempt", "explicit", "run_id", "step_name", "tag")
 
     def __init__(self, run_id: str, tag: str, step_name: str, explicit: bool,
                  attempt: str = "") -> None:
@@ -75,7 +75,7 @@ class Mark:
     """A non-metric entry in the buffer: step start/end, environment metrics, or "claim" (open
     the implicit attempt of `ctx` now: the process is about to fork)."""
 
-    __slots__ = ("kind", "ctx", "after", "status", "ts", "metrics")
+    __slots__ = ("after", "ctx", "kind", "metrics", "status", "ts")
 
     def __init__(self, kind: str, ctx: Ctx, after: Ctx, status: str = "",
                  metrics: dict[str, Any] | None = None) -> None:
@@ -87,7 +87,7 @@ class Mark:
 class Proc:
     """This process as attempts name it (computed off the caller's path, again after fork)."""
 
-    __slots__ = ("host", "pid", "pid_start", "pid_ns", "rank")
+    __slots__ = ("host", "pid", "pid_ns", "pid_start", "rank")
 
     def __init__(self, environ: Any) -> None:
         self.host = host_from(environ)
@@ -428,7 +428,7 @@ class Client:
     def _read_one(s: socket.socket, buf: bytearray) -> Any:
         """The next message on a blocking socket; `buf` keeps what was read beyond it."""
         while True:
-            frames, used, error = _proto().split_frames(buf, max_frame=_proto().MAX_FRAME)
+            frames, _, error = _proto().split_frames(buf, max_frame=_proto().MAX_FRAME)
             if error:
                 raise ConnectionError(f"bad frame from daemon: {error}")
             if frames:

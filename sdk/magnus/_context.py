@@ -14,7 +14,7 @@ from typing import Any
 class Run:
     """The magnus identity the client context is for (what `magnusd.RunInfo` carries)."""
 
-    __slots__ = ("run_id", "tag", "step_name")
+    __slots__ = ("run_id", "step_name", "tag")
 
     def __init__(self, run_id: str, tag: str, step_name: str) -> None:
         self.run_id, self.tag, self.step_name = run_id, tag, step_name

@@ -20,6 +20,7 @@ missing is created (file storage, subjects `<subject>.>`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from typing import Any
@@ -198,10 +199,8 @@ class NatsTracker(BaseExperimentTracker):
         if self._loop is None:
             return
         if self._nc is not None:
-            try:
+            with contextlib.suppress(Exception):  # a broken connection: nothing left to lose
                 self._run(self._nc.close())
-            except Exception:  # closing a broken connection: nothing left to lose
-                pass
             self._nc = self._js = None
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:

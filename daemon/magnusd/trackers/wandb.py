@@ -120,7 +120,7 @@ def _import_wandb() -> Any:
 class _Open:
     """A W&B run the daemon has open, and the metrics already defined in it."""
 
-    __slots__ = ("run", "defined")
+    __slots__ = ("defined", "run")
 
     def __init__(self, run: Any) -> None:
         self.run = run
