@@ -139,3 +139,11 @@ def test_a_read_of_the_journal_is_bounded_and_resumes(tmp_path: Path) -> None:
     assert 1000 < len(first) < 6000
     assert [s for s, _, _ in first + rest] == list(range(1, 6001))
     j.close()
+
+
+def test_the_head_structs_are_prefixes_of_the_messages_they_read() -> None:
+    for head, full in ((proto.BatchHead, proto.Batch), (proto.MarkHead, proto.StepMark),
+                       (proto.BatchSteps, proto.Batch)):
+        n = len(head.__struct_fields__)
+        assert head.__struct_fields__ == full.__struct_fields__[:n], head
+        assert head.__struct_config__.tag == full.__struct_config__.tag

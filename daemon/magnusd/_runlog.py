@@ -33,21 +33,7 @@ _index_decoder = msgspec.msgpack.Decoder(StepSeen | proto.StepMark)
 _message_decoder = msgspec.msgpack.Decoder(proto.Batch | proto.StepMark)
 
 
-class _StepsHead(msgspec.Struct, tag="batch", array_like=True):
-    """A batch up to its steps (its values, the costly part, are not decoded)."""
-
-    client_id: str
-    seq: int
-    run_id: str
-    tag: str
-    step_name: str
-    records: list[Any]
-    track: bool = True
-    keys: list[str] = []
-    steps: list[int] = []
-
-
-_steps_decoder = msgspec.msgpack.Decoder(_StepsHead | MarkHead)
+_steps_decoder = proto.steps_decoder
 
 
 def _journal_tail(data_dir: str, run_id: str | None) -> list[tuple[int, bytes]]:
@@ -79,7 +65,7 @@ def _fold_file_then_tail(fold: _Fold, stored: list[tuple[int, bytes]],
 def _no_step_0(payload: bytes) -> bool:
     """A columnar batch with no point at step 0: nothing for a step-0-only fold."""
     h = _steps_decoder.decode(payload)
-    return type(h) is _StepsHead and bool(h.keys) and 0 not in h.steps
+    return type(h) is proto.BatchSteps and bool(h.keys) and 0 not in h.steps
 
 
 def _stored(path: str) -> list[tuple[int, bytes]]:

@@ -47,22 +47,6 @@ APPLY_BYTES = 1 << 20  # journal bytes applied at a time (a read takes 2 MiB chu
 SYNCFS_OVER = 32  # dirty files at a checkpoint beyond which one syncfs beats fsync each
 
 
-class BatchHead(msgspec.Struct, tag="batch", array_like=True):
-    client_id: str
-    seq: int
-    run_id: str
-    tag: str
-    step_name: str
-
-
-class MarkHead(msgspec.Struct, tag="mark", array_like=True):
-    client_id: str
-    seq: int
-    run_id: str
-    tag: str
-    step_name: str
-
-
 class StepSeen(msgspec.Struct, tag="seen", array_like=True):
     """Index record: the run has this step (with the run's tag and tracker definitions)."""
 
@@ -73,7 +57,8 @@ class StepSeen(msgspec.Struct, tag="seen", array_like=True):
     run_config: dict[str, object] = {}
 
 
-head_decoder = msgspec.msgpack.Decoder(BatchHead | MarkHead)
+head_decoder = proto.head_decoder
+MarkHead = proto.MarkHead
 _batch_decoder = msgspec.msgpack.Decoder(proto.Batch)
 _mark_decoder = msgspec.msgpack.Decoder(proto.StepMark)
 _encoder = msgspec.msgpack.Encoder()

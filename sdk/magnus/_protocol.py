@@ -163,6 +163,47 @@ Message = (Hello | Welcome | Batch | StepMark | Sync | Ack | StatusRequest | Sta
            | ContextRequest | ContextReply)
 # Messages that change stored state: the only ones journaled and spooled.
 Journaled = Batch | StepMark
+class BatchHead(msgspec.Struct, tag="batch", array_like=True):
+    """The first fields of a `Batch`: what the run store needs to file it (array-like structs
+    decode a prefix of a message and skip the rest, so values are never decoded here)."""
+
+    client_id: str
+    seq: int
+    run_id: str
+    tag: str
+    step_name: str
+
+
+class MarkHead(msgspec.Struct, tag="mark", array_like=True):
+    """The first fields of a `StepMark`."""
+
+    client_id: str
+    seq: int
+    run_id: str
+    tag: str
+    step_name: str
+
+
+class BatchSteps(msgspec.Struct, tag="batch", array_like=True):
+    """A `Batch` up to its steps (its values, the costly part, not decoded)."""
+
+    client_id: str
+    seq: int
+    run_id: str
+    tag: str
+    step_name: str
+    records: list[Any]
+    track: bool = True
+    keys: list[str] = []
+    steps: list[int] = []
+
+
+head_decoder: msgspec.msgpack.Decoder[BatchHead | MarkHead] = msgspec.msgpack.Decoder(
+    BatchHead | MarkHead)
+steps_decoder: msgspec.msgpack.Decoder[BatchSteps | MarkHead] = msgspec.msgpack.Decoder(
+    BatchSteps | MarkHead)
+
+
 # The client id of step ends the daemon writes itself (for processes that died mid-step), as
 # "magnusd@<host>", with the journal seq as their seq: unique wherever they are forwarded.
 DAEMON_CLIENT_ID = "magnusd"
