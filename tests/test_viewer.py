@@ -134,8 +134,8 @@ def test_ten_thousand_runs_are_listed(viewer: Viewer) -> None:
     (spool / "bulk.spool").write_bytes(b"".join(frames))
     d.start()
     wait_for(lambda: len(r := viewer.json("/api/runs")) == 10_000
-             and all(x["status"] == "SUCCESS" for x in r), timeout=120,
-             what="10,000 runs listed, each with its end")
+             and all(x["status"] == "SUCCESS" and x["last_step"] == 1 for x in r), timeout=120,
+             what="10,000 runs listed, each with its end and its point")
     t0 = time.monotonic()
     again = viewer.json("/api/runs")
     took = time.monotonic() - t0

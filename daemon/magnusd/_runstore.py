@@ -205,6 +205,8 @@ class RunStore:
                     for name, points in _series.collect(msg).items():
                         path = _series.path_of(self.runs_dir, h.run_id, h.step_name, name)
                         series.setdefault(path, []).append(points)
+        with self._touched_lock:  # before and after the writes: a summary read in between
+            self._touched |= touched  # is read again at the next call
         written: list[tuple[str, int, int]] = []  # (path, fd, size before): undone on failure
         try:
             for path, items in by_file.items():
