@@ -21,14 +21,14 @@ def test_capture_folds_steps_metrics_and_statuses_like_the_run_log(
         with pytest.raises(RuntimeError), magnus.step("eval"):
             magnus.track_this(acc=0.9)
             raise RuntimeError("boom")
-    run = tracked.run()
+    run = tracked.run("cap1")  # (earlier tests of this process may have left events pending)
     assert run["run_id"] == "cap1" and run["status"] == "FAIL"
     train = run["steps"]["train"]
     assert train["status"] == "SUCCESS" and len(train["attempts"]) == 1
-    assert tracked.metrics("train") == {"loss_1": 1.0, "loss_2": 0.4, "loss_3": 1 / 3,
-                                        "lr": 0.1, "seed": 7}
+    assert tracked.metrics("train", "cap1") == {"loss_1": 1.0, "loss_2": 0.4, "loss_3": 1 / 3,
+                                                "lr": 0.1, "seed": 7}
     assert run["steps"]["eval"]["status"] == "FAIL"
-    assert [(e["key"], e["step"]) for e in tracked.events()] == [
+    assert [(e["key"], e["step"]) for e in tracked.events() if e["run_id"] == "cap1"] == [
         ("loss", 1), ("loss", 2), ("loss", 3), ("lr", 0), ("loss", 2), ("acc", 0)]
 
 
@@ -40,8 +40,8 @@ def test_capture_reaches_no_daemon_and_keeps_values_plain(monkeypatch: pytest.Mo
         magnus.track_this(a=np.float32(0.5), b=np.arange(3), c={"k": [1, "x"]})
         with magnus.get_experiment_tracker_context() as ctx:
             assert ctx is None  # no tracker while captured
-    assert tracked.metrics() == {"a": 0.5, "b": [0, 1, 2], "c": {"k": [1, "x"]}}
-    assert tracked.run()["steps"]["main"]["status"] == "PROCESSING"  # the process runs on
+    assert tracked.metrics(run_id="cap2") == {"a": 0.5, "b": [0, 1, 2], "c": {"k": [1, "x"]}}
+    assert tracked.run("cap2")["steps"]["main"]["status"] == "PROCESSING"  # the process runs on
     with pytest.raises(LookupError):
         tracked.run("nope")
 
@@ -58,3 +58,4 @@ def test_the_readme_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     scope: dict[str, object] = {}
     exec(block.group(1), scope)  # noqa: S102 - the README's own example
     scope["test_training_logs_its_loss"]()  # type: ignore[operator]
+

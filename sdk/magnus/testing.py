@@ -34,6 +34,7 @@ class Captured:
 
     def __init__(self) -> None:
         self.messages: list[Any] = []  # Batch and StepMark messages, in order
+        self.run_id = ""  # the run this process tracks into while captured
 
     def deliver(self, frames: list[bytes]) -> None:
         from . import _protocol as proto
@@ -54,14 +55,14 @@ class Captured:
         return {run_id: f.result() for run_id, f in folds.items()}
 
     def run(self, run_id: str | None = None) -> dict[str, Any]:
-        """One run's RunLog: `run_id`, or the only run tracked."""
+        """One run's RunLog: `run_id`, else the run this process tracked into (its
+        `MAGNUS_RUN_ID`, or the id it made)."""
         runs = self.runs
-        if run_id is None:
-            if len(runs) != 1:
-                raise LookupError(f"{len(runs)} runs were tracked ({', '.join(runs)}): "
-                                  "name one")
-            return next(iter(runs.values()))
-        return runs[run_id]
+        got = runs.get(run_id or self.run_id)
+        if got is None:
+            raise LookupError(f"no run {run_id or self.run_id!r} was tracked "
+                              f"(tracked: {', '.join(runs) or 'none'})")
+        return got
 
     def metrics(self, step: str = "main", run_id: str | None = None) -> dict[str, Any]:
         """A step's `user_defined_metrics`."""
@@ -90,6 +91,7 @@ def capture() -> Iterator[Captured]:
     captured = Captured()
     previous, client.transport = client.transport, captured
     _fresh_identity(client)
+    captured.run_id = client.current().run_id
     try:
         yield captured
     finally:
