@@ -267,13 +267,17 @@ def remove_tree(path: Path, keep: bool) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def start_clients(script: str, arg: str, d: Daemon, run_ids: list[str], cspool: str
-                  ) -> list[subprocess.Popen[str]]:
+def start_clients(script: str, arg: str | Sequence[str], d: Daemon, run_ids: list[str],
+                  cspool: str) -> list[subprocess.Popen[str]]:
+    """One client process per run id, each started and waited for until it prints `ready`
+    (the daemon's `extra_env`, e.g. a PYTHONPATH, reaches the clients too)."""
+    args = [arg] if isinstance(arg, str) else list(arg)
     procs = []
     for rid in run_ids:
         env = clean_env(MAGNUS_SOCKET=d.sock, MAGNUS_DATA_DIR=d.data, MAGNUS_CONFIG=d.config,
                           MAGNUS_RUN_ID=rid, MAGNUS_SPOOL_DIR=cspool)
-        procs.append(subprocess.Popen([PY, script, arg], env=env, text=True,
+        env.update(d.extra_env)
+        procs.append(subprocess.Popen([PY, script, *args], env=env, text=True,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE))
     for p in procs:

@@ -268,21 +268,7 @@ def timed_start(d: C.Daemon, timeout: float, hold: bool = True) -> dict[str, Any
 
 def start_clients(d: C.Daemon, run_ids: list[str], first_step: int, every: int,
                   cspool: str) -> list[subprocess.Popen[str]]:
-    procs = []
-    for rid in run_ids:
-        env = C.clean_env(MAGNUS_SOCKET=d.sock, MAGNUS_DATA_DIR=d.data, MAGNUS_CONFIG=d.config,
-                          MAGNUS_RUN_ID=rid, MAGNUS_SPOOL_DIR=cspool)
-        env.update(d.extra_env)  # PYTHONPATH with --rev
-        procs.append(subprocess.Popen([C.PY, CLIENT, str(first_step), str(every)], env=env,
-                                      text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE))
-    for p in procs:
-        assert p.stdout is not None
-        line = p.stdout.readline()
-        if line.strip() != "ready":
-            raise RuntimeError(f"client not ready: {line!r} "
-                               f"{p.stderr.read() if p.stderr else ''}")
-    return procs
+    return C.start_clients(CLIENT, [str(first_step), str(every)], d, run_ids, cspool)
 
 
 def kill_procs(procs: list[subprocess.Popen[str]]) -> None:

@@ -298,14 +298,7 @@ def console(driver: Any, sink: list[str], where: str) -> None:
 
 
 def poll(pred: Any, timeout: float, every: float = 0.005, what: str = "condition") -> Any:
-    end = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < end:
-        last = pred()
-        if last:
-            return last
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}; last={last!r}")
+    return C.wait_for(pred, timeout, every, what)  # polled more often by default
 
 
 def snap(driver: Any) -> dict[str, list[Any]]:
