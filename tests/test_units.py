@@ -75,10 +75,11 @@ def test_ingress_journals_each_client_seq_once_and_stops_at_a_bad_frame(tmp_path
     j.open()
     ing = Ingress(j, Dedup(), set(), dict, None)  # type: ignore[arg-type]
     good = [proto.encoder.encode(batch(i, key="x", n=2)) for i in (1, 2)]
-    n, _, _, _, error = ing.take([*good, good[0]], HELLO)
-    assert (n, error, j.last_seq, ing.dedup.skipped) == (4, None, 2, 1)
-    n, _, _, _, error = ing.take([proto.encoder.encode(batch(3, key="x", n=1)), b"\xc1",
-                                  proto.encoder.encode(batch(4, key="x", n=1))], HELLO)
+    taken = ing.take([*good, good[0]], HELLO)
+    assert (taken.events, taken.error, j.last_seq, ing.dedup.skipped) == (4, None, 2, 1)
+    taken = ing.take([proto.encoder.encode(batch(3, key="x", n=1)), b"\xc1",
+                      proto.encoder.encode(batch(4, key="x", n=1))], HELLO)
+    n, error = taken.events, taken.error
     assert n == 1 and error and error.startswith("malformed message") and j.last_seq == 3
     j.close()
 

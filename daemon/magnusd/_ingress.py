@@ -20,63 +20,41 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
-import struct
+import os
 from collections.abc import Awaitable, Callable
 from contextlib import suppress as _suppress
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import msgspec
-from anyio.abc import SocketAttribute, SocketStream
+from anyio.abc import SocketStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from magnus import _protocol as proto
 from magnus._limits import MAX_FRAME
 
+from ._dedup import MAX_CLIENTS_REMEMBERED as MAX_CLIENTS_REMEMBERED
+from ._dedup import Dedup as Dedup
 from ._journal import Journal, Unwritable
+from ._peer import Peer, peer_of
 
 log = logging.getLogger("magnusd.ingress")
-MAX_CLIENTS_REMEMBERED = 100_000
-_UCRED = struct.Struct("3i")
-
-
-class Dedup:
-    """The last journaled seq per client id (bounded; oldest forgotten first)."""
-
-    def __init__(self) -> None:
-        self.last: dict[str, int] = {}
-        self.skipped = 0
-
-    def undo(self, previous: dict[str, int | None]) -> None:
-        """Restore the last seqs as they were before `admit`s that were not journaled."""
-        for client_id, seq in previous.items():
-            if seq is None:
-                self.last.pop(client_id, None)
-            else:
-                self.last[client_id] = seq
-
-    def admit(self, client_id: str, seq: int) -> bool:
-        last = self.last.get(client_id)
-        if last is not None and seq <= last:
-            self.skipped += 1
-            return False
-        if last is None and len(self.last) >= MAX_CLIENTS_REMEMBERED:
-            del self.last[next(iter(self.last))]
-        self.last[client_id] = seq
-        return True
-
-    def note(self, payload: bytes) -> None:
-        """Rebuild from a journal record (recovery)."""
-        try:
-            msg = proto.decoder.decode(payload)
-        except (msgspec.DecodeError, ValueError):
-            return
-        if type(msg) is proto.Batch or type(msg) is proto.StepMark:
-            self.admit(msg.client_id, msg.seq)
 
 
 class Refused(Exception):
     """The client broke the protocol; the message says how."""
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What one read (or one slice of a spool file) came to."""
+
+    events: int  # tracker events journaled (0 when the journal could not be written)
+    syncs: list[proto.Sync]  # to acknowledge once the journal fsync covers this read
+    other: list[Any]  # Hello, StatusRequest and ContextRequest messages, in order
+    hello: proto.Hello | None  # the handshake, when this read brought it
+    error: str | None  # why the client is disconnected; frames after it were ignored
 
 
 class Ingress:
@@ -102,18 +80,27 @@ class Ingress:
         return {"events_total": self.events_total, "clients": self.clients,
                 "messages_total": self.messages_total, "refused_clients": self.refused_total}
 
-    def take(self, payloads: list[bytes], hello: proto.Hello | None
-             ) -> tuple[int, list[proto.Sync], list[Any], proto.Hello | None, str | None]:
-        """Decode a read's frames and journal what changes state.
+    def take(self, payloads: list[bytes], hello: proto.Hello | None) -> Taken:
+        """Decode a connection's read and journal what changes state.
 
-        Returns (records journaled, syncs, other messages, hello, error). Frames after an error
+        `hello` is the connection's handshake so far (None before it). Frames after an error
         are ignored; those before it are journaled.
         """
+        return self._take(payloads, greeted=hello is not None)
+
+    def take_without_hello(self, payloads: list[bytes]) -> Taken:
+        """Like `take` for frames that come with no handshake (spool files, sources): they are
+        checked and deduplicated exactly as a greeted client's; a `Hello` among them is an
+        error."""
+        return self._take(payloads, greeted=True)
+
+    def _take(self, payloads: list[bytes], greeted: bool) -> Taken:
         to_journal = []
         counts = []
         previous: dict[str, int | None] = {}  # dedup state to restore if the write fails
         syncs: list[proto.Sync] = []
         other: list[Any] = []
+        hello: proto.Hello | None = None
         nrec = 0
         error = None
         for p in payloads:
@@ -123,7 +110,7 @@ class Ingress:
                 error = f"malformed message: {e}"
                 break
             if isinstance(msg, (proto.Batch, proto.StepMark)):
-                if hello is None:
+                if not greeted:
                     error = "the first message must be hello"
                     break
                 batch = msg if isinstance(msg, proto.Batch) else None
@@ -137,13 +124,13 @@ class Ingress:
                     n = batch.count() if batch is not None and batch.track else 0
                     counts.append(n)
                     nrec += n
-            elif hello is None and not isinstance(msg, proto.Hello):
+            elif not greeted and not isinstance(msg, proto.Hello):
                 error = "the first message must be hello"
                 break
             elif isinstance(msg, proto.Sync):
                 syncs.append(msg)
             elif isinstance(msg, proto.Hello):
-                if hello is not None:
+                if greeted:
                     error = "hello sent twice"
                     break
                 if msg.version != proto.PROTOCOL_VERSION:
@@ -151,6 +138,7 @@ class Ingress:
                              f"(this daemon speaks {proto.PROTOCOL_VERSION})")
                     break
                 hello = msg
+                greeted = True
                 other.append(msg)
             elif isinstance(msg, (proto.StatusRequest, proto.ContextRequest)):
                 other.append(msg)
@@ -162,10 +150,11 @@ class Ingress:
                 self.journal.append(to_journal, counts)
             except Unwritable as e:
                 self.dedup.undo(previous)
-                return 0, [], other, hello, f"{e}; nothing of this was taken, send it again later"
+                return Taken(0, [], other, hello,
+                             f"{e}; nothing of this was taken, send it again later")
             self.events_total += nrec
             self.messages_total += len(to_journal)
-        return nrec, syncs, other, hello, error
+        return Taken(nrec, syncs, other, hello, error)
 
     def drop_all(self) -> None:
         """Disconnect every client, unacknowledged, and forget the duplicate check: what they
@@ -176,17 +165,17 @@ class Ingress:
 
     async def handle(self, stream: SocketStream) -> None:
         async with stream:
-            peer = _peer(stream)
-            if peer is not None and peer[1] not in self.allowed_uids \
+            peer = peer_of(stream)
+            if peer is not None and peer.uid not in self.allowed_uids \
                     and -1 not in self.allowed_uids:  # -1: any uid (_settings.ANY_UID)
                 self.refused_total += 1
                 log.warning("refused a client of uid %d (pid %d): not in the allowed uids %s",
-                            peer[1], peer[0], sorted(self.allowed_uids))
+                            peer.uid, peer.pid, sorted(self.allowed_uids))
                 await _send_quietly(stream, proto.frame(proto.Error(
-                    f"uid {peer[1]} may not use this daemon")))
+                    f"uid {peer.uid} may not use this daemon")))
                 return
             self.clients += 1
-            send, receive = anyio.create_memory_object_stream[tuple[Any, ...]](math.inf)
+            send, receive = anyio.create_memory_object_stream[_Reply](math.inf)
             scope = anyio.CancelScope()
             self._connections.add(scope)
             try:
@@ -204,8 +193,8 @@ class Ingress:
                 if self.on_close is not None:
                     self.on_close()
 
-    async def _reader(self, stream: SocketStream, out: Any, peer: tuple[int, int, int] | None
-                      ) -> None:
+    async def _reader(self, stream: SocketStream, out: MemoryObjectSendStream[_Reply],
+                      peer: Peer | None) -> None:
         buf = bytearray()
         hello: proto.Hello | None = None
         receive = stream.receive
@@ -217,61 +206,69 @@ class Ingress:
             buf += chunk
             payloads, used, error = proto.split_frames(buf, self.max_frame)
             del buf[:used]
-            _, syncs, other, new_hello, decode_error = self.take(payloads, hello)
-            error = decode_error or error
-            if new_hello is not hello and new_hello is not None:
-                hello = new_hello
-                out.send_nowait(("msg", proto.frame(proto.Welcome(proto.PROTOCOL_VERSION,
-                                                                  _pid()))))
-            for msg in other:
+            taken = self.take(payloads, hello)
+            error = taken.error or error
+            if taken.hello is not None:
+                hello = taken.hello
+                out.send_nowait(_Send(proto.frame(proto.Welcome(proto.PROTOCOL_VERSION,
+                                                                os.getpid()))))
+            for msg in taken.other:
                 if type(msg) is proto.StatusRequest:
-                    out.send_nowait(("msg", proto.frame(proto.StatusReply(self.status()))))
+                    out.send_nowait(_Send(proto.frame(proto.StatusReply(self.status()))))
                 elif type(msg) is proto.ContextRequest:
-                    out.send_nowait(("msg", proto.frame(await self.context(msg))))
+                    out.send_nowait(_Send(proto.frame(await self.context(msg))))
             last = self.journal.last_seq
-            for s in syncs:
-                out.send_nowait(("ack", s.seq, last, s.urgent))
+            for s in taken.syncs:
+                out.send_nowait(_Ack(s.seq, last, s.urgent))
             if error:
                 self.refused_total += 1
-                who = f"pid {peer[0]}" if peer else "a client"
+                who = f"pid {peer.pid}" if peer else "a client"
                 log.warning("disconnected %s: %s", who, error)
-                out.send_nowait(("close", proto.frame(proto.Error(error))))
+                out.send_nowait(_Close(proto.frame(proto.Error(error))))
                 return
 
-    async def _writer(self, stream: SocketStream, receive: Any) -> None:
+    async def _writer(self, stream: SocketStream,
+                      receive: MemoryObjectReceiveStream[_Reply]) -> None:
         """Send replies in order; acks only once the journal fsync covers them."""
         async with receive:
             async for item in receive:
-                kind = item[0]
                 try:
-                    if kind == "ack":
-                        _, client_seq, journal_seq, urgent = item
-                        await self.journal.wait_durable(journal_seq, urgent)
-                        await stream.send(proto.frame(proto.Ack(client_seq)))
-                    elif kind == "msg":
-                        await stream.send(item[1])
+                    if isinstance(item, _Ack):
+                        await self.journal.wait_durable(item.journal_seq, item.urgent)
+                        await stream.send(proto.frame(proto.Ack(item.client_seq)))
+                    elif isinstance(item, _Send):
+                        await stream.send(item.data)
                     else:  # close: the error frame is the last thing the client gets
-                        await _send_quietly(stream, item[1])
+                        await _send_quietly(stream, item.data)
                         return
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     return
 
 
-def _peer(stream: SocketStream) -> tuple[int, int, int] | None:
-    """(pid, uid, gid) of the peer, via SO_PEERCRED."""
-    sock = stream.extra(SocketAttribute.raw_socket)
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    except (OSError, AttributeError):
-        return None
-    pid, uid, gid = _UCRED.unpack(raw)
-    return pid, uid, gid
+@dataclass(frozen=True)
+class _Send:
+    """A frame to send now."""
+
+    data: bytes
 
 
-def _pid() -> int:
-    import os
+@dataclass(frozen=True)
+class _Ack:
+    """Acknowledge `client_seq` once the journal is durable up to `journal_seq`."""
 
-    return os.getpid()
+    client_seq: int
+    journal_seq: int
+    urgent: bool
+
+
+@dataclass(frozen=True)
+class _Close:
+    """The last frame (an `Error`): send it, then end the connection."""
+
+    data: bytes
+
+
+_Reply = _Send | _Ack | _Close
 
 
 async def _send_quietly(stream: SocketStream, data: bytes) -> None:

@@ -18,15 +18,12 @@ import anyio
 import anyio.abc
 import msgspec
 
-from magnus import _protocol as proto
-
 from ._ingress import Ingress
 from ._journal import Journal, Unwritable
 from .trackers.nats import NatsConnection
 
 log = logging.getLogger("magnusd.sources")
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
-_HELLO = proto.Hello(proto.PROTOCOL_VERSION, "source")
 
 
 class NatsSourceConfig(NatsConnection):
@@ -134,12 +131,12 @@ class Source:
     async def _take(self, payloads: list[bytes]) -> None:
         """Journal the records (each once) and wait until they are durable."""
         failures = self.journal.fsync_failures
-        n, _, _, _, error = self.ingress.take(payloads, _HELLO)
-        if error:
+        taken = self.ingress.take_without_hello(payloads)
+        if taken.error:
             if self.journal.error:
                 raise Unwritable(self.journal.error)
             for p in payloads:  # find the bad one; the rest go through
-                _, _, _, _, one = self.ingress.take([p], _HELLO)
+                one = self.ingress.take_without_hello([p]).error
                 if one and self.journal.error:
                     raise Unwritable(self.journal.error)
                 if one:
@@ -148,7 +145,7 @@ class Source:
         await self.journal.wait_durable(self.journal.last_seq, urgent=True)
         if self.journal.fsync_failures != failures:
             raise Unwritable("an fsync failed: the records are fetched again")
-        self.journaled += n
+        self.journaled += taken.events
 
 
 class Sources:

@@ -1,9 +1,9 @@
 """Spool files: what SDK processes could not deliver, ingested like a client's stream.
 
 A spool file is the frames a client would have sent (no handshake). Each is validated and
-journaled through the same path as a connection (`Ingress.take`, with its duplicate check),
-fsynced, and only then deleted. A file that does not parse is moved to `bad/` with the reason
-logged; nothing in it is half-ingested silently.
+journaled through the same path as a connection (`Ingress.take_without_hello`, with its
+duplicate check), fsynced, and only then deleted. A file that does not parse is moved to
+`bad/` with the reason logged; nothing in it is half-ingested silently.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from ._journal import Unwritable
 log = logging.getLogger("magnusd.spool")
 SUFFIX = ".spool"
 SLICE_BYTES = 1 << 20
-_SPOOL_HELLO = proto.Hello(proto.PROTOCOL_VERSION, "spool")
 
 
 def pending_files(directory: str) -> list[str]:
@@ -84,10 +83,11 @@ async def ingest_file(path: str, ingress: Ingress) -> int:
         while j < len(payloads) and (j == i or size < SLICE_BYTES):
             size += len(payloads[j])
             j += 1
-        n, _, _, _, decode_error = ingress.take(payloads[i:j], _SPOOL_HELLO)
+        taken = ingress.take_without_hello(payloads[i:j])
+        decode_error = taken.error
         if decode_error and ingress.journal.error:
             raise Unwritable(ingress.journal.error)  # keep the file: taken again later
-        nrec += n
+        nrec += taken.events
         i = j
     del payloads
     error = error or decode_error

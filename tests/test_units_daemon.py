@@ -1,0 +1,53 @@
+"""In-process tests of daemon parts with typed results: what an ingress read comes to (`Taken`),
+the op kinds of the fan-out, the worker wire's encoding, journal recovery, the run-store
+checkpoint and the command line's parser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from magnus import _protocol as proto
+from magnusd._ingress import Dedup, Ingress, Taken
+from magnusd._journal import Journal
+
+HELLO = proto.Hello(proto.PROTOCOL_VERSION, "t")
+
+
+def batch(seq: int, n: int = 1, client: str = "c") -> bytes:
+    return proto.encoder.encode(proto.Batch(client, seq, "r", "", "s", [], True, ["x"],
+                                            list(range(1, n + 1)), [1.0] * n,
+                                            [float(i) for i in range(1, n + 1)]))
+
+
+def ingress(tmp_path: Path) -> tuple[Ingress, Journal]:
+    j = Journal(str(tmp_path / "j"))
+    j.open()
+    return Ingress(j, Dedup(), set(), dict, None), j  # type: ignore[arg-type]
+
+
+def test_a_read_that_greets_reports_its_hello_syncs_and_events(tmp_path: Path) -> None:
+    ing, j = ingress(tmp_path)
+    sync = proto.Sync(7)
+    taken = ing.take([proto.encoder.encode(HELLO), batch(1, 3), proto.encoder.encode(sync)],
+                     None)
+    assert taken == Taken(3, [sync], [HELLO], HELLO, None)
+    assert j.last_seq == 1
+    j.close()
+
+
+def test_a_read_before_the_hello_is_refused_and_journals_nothing(tmp_path: Path) -> None:
+    ing, j = ingress(tmp_path)
+    taken = ing.take([batch(1)], None)
+    assert (taken.events, taken.hello, taken.error) == (0, None, "the first message must be hello")
+    assert j.last_seq == 0
+    j.close()
+
+
+def test_frames_without_a_handshake_are_journaled_once_and_a_hello_among_them_is_an_error(
+        tmp_path: Path) -> None:
+    ing, j = ingress(tmp_path)
+    taken = ing.take_without_hello([batch(1, 2), batch(1, 2), batch(2, 1)])
+    assert (taken.events, taken.error, j.last_seq) == (3, None, 2)
+    taken = ing.take_without_hello([batch(3), proto.encoder.encode(HELLO), batch(4)])
+    assert (taken.events, taken.error, j.last_seq) == (1, "hello sent twice", 3)
+    j.close()
