@@ -13,8 +13,12 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
+# Test and lint tools are dependency groups in pyproject.toml, not extras (`pip install --group`
+# needs pip >= 25.1: the venv's pip is upgraded above). The lint group (ruff, mypy) is installed
+# with the test group: mypy checks the tests against pytest's, hypothesis' ... types anyway, and
+# `make lint` then needs nothing from the network.
 $(VENV)/.installed-test: $(BIN)/python pyproject.toml tests/plugin/pyproject.toml tests/plugin/magnus_testplugin.py
-	$(BIN)/python -m pip install -q -e '.[test,all]' ./tests/plugin
+	$(BIN)/python -m pip install -q -e '.[all]' --group test --group lint ./tests/plugin
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
@@ -42,10 +46,11 @@ nats-server:
 systemd-analyze:
 	@command -v systemd-analyze >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; } || echo "systemd-analyze is not available: the unit-file checks will be skipped"
 
+# Every Python file (ruff); mypy --strict over the packages, the tests and the benchmarks
+# (pyproject.toml's [tool.mypy] skips analyzing torch, mlflow, wandb and tensorboard).
 lint: $(VENV)/.installed-test
-	$(BIN)/python -m pip install -q ruff mypy
-	$(BIN)/ruff check sdk daemon
-	$(BIN)/mypy sdk/magnus daemon/magnusd
+	$(BIN)/ruff check .
+	$(BIN)/mypy sdk/magnus daemon/magnusd tests benchmarks
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/track_this.py
