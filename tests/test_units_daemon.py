@@ -51,3 +51,18 @@ def test_frames_without_a_handshake_are_journaled_once_and_a_hello_among_them_is
     taken = ing.take_without_hello([batch(3), proto.encoder.encode(HELLO), batch(4)])
     assert (taken.events, taken.error, j.last_seq) == (1, "hello sent twice", 3)
     j.close()
+
+
+def test_op_kinds_are_their_strings_on_any_wire() -> None:
+    import msgspec
+
+    from magnusd._fanout import OpKind, to_ops, to_record_ops
+
+    mark = proto.StepMark("c", 2, "r", "", "s", "end", 1.0, "FAIL", "a1", "h", 7)
+    records = [(1, 1, batch(1)), (2, 1, proto.encoder.encode(mark))]
+    assert [o.kind for o in to_ops(records)] == [OpKind.EVENTS, OpKind.STEP_END]
+    assert [o.kind for o in to_record_ops(records)] == [OpKind.RECORDS]
+    assert [o.kind for o in to_ops(records)] == ["events", "step_end"]
+    assert msgspec.json.encode(list(OpKind)) == b'["events","step_end","records"]'
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(OpKind.STEP_END)) == "step_end"
+    assert msgspec.json.decode(b'"records"', type=OpKind) is OpKind.RECORDS

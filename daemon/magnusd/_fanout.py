@@ -11,6 +11,7 @@ the op in flight.
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import logging
 import os
@@ -118,9 +119,17 @@ class CursorStore:
         shutil.rmtree(self._path(name, ".state"), ignore_errors=True)
 
 
+class OpKind(enum.StrEnum):
+    """What a delivery op carries (a StrEnum: it reads and compares as its string)."""
+
+    EVENTS = "events"  # metric events for log_batch
+    STEP_END = "step_end"  # a step's end for on_step_end
+    RECORDS = "records"  # raw journal records for a forwarder's log_records
+
+
 @dataclass
 class Op:
-    kind: str  # "events" | "step_end" | "records"
+    kind: OpKind
     events: list[Event] = field(default_factory=list)
     run: RunInfo | None = None
     status: str = ""
@@ -128,7 +137,7 @@ class Op:
     mark: int = 0
     first: int = 0  # the first record it takes from
     origin: list[tuple[int, int]] = field(default_factory=list)  # (seq, index) per event
-    records: list[tuple[int, bytes]] = field(default_factory=list)  # kind "records"
+    records: list[tuple[int, bytes]] = field(default_factory=list)  # kind RECORDS
 
 
 def to_record_ops(batch: list[tuple[int, int, bytes]]) -> list[Op]:
@@ -137,7 +146,7 @@ def to_record_ops(batch: list[tuple[int, int, bytes]]) -> list[Op]:
     size = 0
     for seq, mark, payload in batch:
         if not ops or size + len(payload) > READ_BYTES:
-            ops.append(Op("records", first=seq))
+            ops.append(Op(OpKind.RECORDS, first=seq))
             size = 0
         op = ops[-1]
         op.records.append((seq, payload))
@@ -155,12 +164,12 @@ def to_ops(batch: list[tuple[int, int, bytes]]) -> list[Op]:
         if isinstance(msg, proto.StepMark):
             cur = None
             if msg.kind == "end":
-                ops.append(Op("step_end", run=RunInfo(msg.run_id, msg.tag, msg.step_name),
+                ops.append(Op(OpKind.STEP_END, run=RunInfo(msg.run_id, msg.tag, msg.step_name),
                               status=msg.status or "SUCCESS", seq=seq, mark=mark, first=seq))
             elif ops:
                 ops[-1].seq, ops[-1].mark = seq, mark
             else:
-                ops.append(Op("events", seq=seq, mark=mark, first=seq))
+                ops.append(Op(OpKind.EVENTS, seq=seq, mark=mark, first=seq))
             continue
         events: list[Event] = []
         if msg.track:
@@ -177,7 +186,7 @@ def to_ops(batch: list[tuple[int, int, bytes]]) -> list[Op]:
         # A record larger than an op is split; only its last piece completes the record.
         for i in range(0, max(len(events), 1), OP_EVENTS):
             last = i + OP_EVENTS >= len(events)
-            cur = Op("events", events[i : i + OP_EVENTS], seq=seq if last else 0,
+            cur = Op(OpKind.EVENTS, events[i : i + OP_EVENTS], seq=seq if last else 0,
                      mark=mark if last else 0, first=seq, origin=origin[i : i + OP_EVENTS])
             ops.append(cur)
     return ops

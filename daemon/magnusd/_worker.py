@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 from . import _workerwire as wire
-from ._fanout import READ_BYTES, Op, to_ops, to_record_ops
+from ._fanout import READ_BYTES, Op, OpKind, to_ops, to_record_ops
 from ._journal import Reader
 from ._tracker import BaseExperimentTracker, Event, PermanentError, RunInfo
 
@@ -213,9 +213,9 @@ class Worker:
         """Deliver one op: (events delivered, events dead-lettered here)."""
         tracker = self.tracker
         assert tracker is not None
-        if op.kind == "records":
+        if op.kind is OpKind.RECORDS:
             return self._forward(op.records, op.first), 0
-        if op.kind == "step_end":
+        if op.kind is OpKind.STEP_END:
             assert op.run is not None
             try:
                 self._call(tracker.on_step_end, wire.Begin(op.first, 0), op.run, op.status)
