@@ -19,7 +19,7 @@ def test_single_and_list_forms_and_default_name() -> None:
     assert _config.parse("", "c", {}).trackers == []
 
 
-@pytest.mark.parametrize("text,needle", [
+@pytest.mark.parametrize(("text", "needle"), [
     ("experiment_tracker:\n  type: file\n  confg: {}\n", "confg"),
     ("experiment_trackers: []\n", "experiment_trackers"),
     ("experiment_tracker:\n  config: {}\n", "type"),

@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,8 @@ while True:
 
 
 @pytest.mark.slow
-def test_flushed_events_survive_kill_9_at_random_moments(make_daemon, root: Path) -> None:
+def test_flushed_events_survive_kill_9_at_random_moments(make_daemon: Callable[..., Daemon],
+                                                         root: Path) -> None:
     d: Daemon = make_daemon(config_text="").start()
     progress = root / "progress.txt"
     script = root / "stream.py"
@@ -55,7 +57,8 @@ def test_flushed_events_survive_kill_9_at_random_moments(make_daemon, root: Path
     assert durable > 0
 
 
-def test_batch_sent_but_unacknowledged_is_resent(make_daemon, root: Path) -> None:
+def test_batch_sent_but_unacknowledged_is_resent(make_daemon: Callable[..., Daemon],
+                                                 root: Path) -> None:
     """Kill the daemon while a client streams; the client keeps going and flushes later."""
     d: Daemon = make_daemon(config_text="").start()
     p = d.popen("""
@@ -92,7 +95,8 @@ print(time.perf_counter() - t)
 """
 
 
-def test_daemon_down_100k_calls_then_spool_ingested(make_daemon, root: Path) -> None:
+def test_daemon_down_100k_calls_then_spool_ingested(make_daemon: Callable[..., Daemon],
+                                                    root: Path) -> None:
     d: Daemon = make_daemon(config_text="")
     r = d.client(LOOP_100K, MAGNUS_RUN_ID="down1", MAGNUS_STEP_NAME="s")
     elapsed = float(r.stdout.split()[-1])
@@ -121,7 +125,7 @@ def test_spool_file_appearing_while_running_is_ingested(daemon: Daemon) -> None:
     wait_for(lambda: daemon.metrics("sp2", "s") == {"z": 1}, what="spool ingested live")
 
 
-def test_corrupt_spool_file_is_set_aside(make_daemon) -> None:
+def test_corrupt_spool_file_is_set_aside(make_daemon: Callable[..., Daemon]) -> None:
     d: Daemon = make_daemon(config_text="")
     spool = d.data / "spool"
     spool.mkdir(parents=True)
@@ -154,10 +158,12 @@ def test_status_json_fields(daemon: Daemon) -> None:
     for k in ("pid", "uptime_s", "events_total", "clients", "config", "trackers"):
         assert k in st
     assert set(st["config"]) >= {"path", "loaded_at", "error"}
+    assert daemon.proc is not None
     assert st["trackers"] == [] and st["pid"] == daemon.proc.pid
 
 
-def test_hung_daemon_at_exit_events_are_spooled(make_daemon, root: Path) -> None:
+def test_hung_daemon_at_exit_events_are_spooled(make_daemon: Callable[..., Daemon],
+                                                root: Path) -> None:
     """A daemon that accepts but never answers: the client still exits promptly and spools."""
     import socket as so
 

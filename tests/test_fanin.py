@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,12 @@ def forwarded(d: Daemon) -> bool:
     return bool(ts) and all(t["caught_up"] for t in ts)
 
 
+def complete(d: Daemon, run_id: str, n: int) -> dict[str, Any] | None:
+    """The run's x values once all n of them are there (for wait_for)."""
+    x = xs(d, run_id)
+    return x if len(x) == n else None
+
+
 def test_three_edges_one_central_every_event_once_with_its_host(
         make_daemon: Callable[..., Daemon], root: Path, nats_server: Nats) -> None:
     central = make_host(make_daemon, root, "central", central_cfg(nats_server.url)).start()
@@ -135,10 +142,10 @@ def test_three_edges_one_central_every_event_once_with_its_host(
         _, err = c.communicate(timeout=300)
         assert c.returncode == 0, err
     for e in edges:
-        wait_for(lambda e=e: forwarded(e), timeout=120, what="edge forwarded")
+        wait_for(partial(forwarded, e), timeout=120, what="edge forwarded")
     for i in range(3):
-        m = wait_for(lambda i=i: len(x := xs(central, f"run-h{i}")) == 100_000 and x,
-                     timeout=120, what=f"run-h{i} complete at the central daemon")
+        m = wait_for(partial(complete, central, f"run-h{i}", 100_000), timeout=120,
+                     what=f"run-h{i} complete at the central daemon")
         assert all(m[f"x_{k}"] == k for k in range(1, 100_001))
         (attempt,) = central.show(f"run-h{i}")["steps"]["train"]["attempts"]  # type: ignore[index]
         assert attempt["host"] == f"host{i}" and attempt["status"] == "SUCCESS"
@@ -215,13 +222,14 @@ def test_outages_and_kills_on_every_side_lose_nothing_and_double_nothing(
 
 def central_events(d: Daemon, run_id: str) -> int:
     """Metric points of a run in the central journal (its run log copy), duplicates counted."""
+    from magnus._protocol import Batch
     from magnusd._runlog import _message_decoder, _stored
     from magnusd._runstore import run_dirname
 
     n = 0
     for _, payload in _stored(str(d.data / "runs" / run_dirname(run_id) / "log")):
         msg = _message_decoder.decode(payload)
-        if hasattr(msg, "count") and msg.track:
+        if isinstance(msg, Batch) and msg.track:
             n += msg.count()
     return n
 
@@ -257,7 +265,8 @@ def test_the_central_daemon_feeds_one_mlflow_server_for_every_host(
     server = MlflowServer(root)
     server.start()
     try:
-        central = make_host(make_daemon, root, "central", central_cfg(
+        # the central daemon feeds MLflow; the fixture stops it
+        make_host(make_daemon, root, "central", central_cfg(
             nats_server.url, f"experiment_tracker:\n  type: mlflow\n"
                              f"  config: {{tracking_uri: '{server.uri}'}}\n")).start()
         edges = [make_host(make_daemon, root, f"h{i}", edge_cfg(nats_server.url)).start()

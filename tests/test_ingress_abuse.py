@@ -7,6 +7,7 @@ affected; other uids are refused; a lock guards the socket and the data director
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
@@ -81,10 +82,9 @@ def decode_all(data: bytes) -> list[Any]:
 
 
 def send_quietly(s: socket.socket, data: bytes) -> None:
-    try:
+    # the daemon may already have closed: what it replied is checked after
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         s.sendall(data)
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the daemon may already have closed: what it replied is checked after
 
 
 def exchange(path: str, *sends: bytes, pause: float = 0.0) -> list[Any]:
@@ -157,7 +157,8 @@ def _case_table() -> dict[str, tuple[list[bytes], tuple[str, ...], bool]]:
             "raw", 1, "bad", "", "main", [], True, ["x", "y"], [1], [TS], [1.0]))],
             ("columnar",), True),
         "columnar_bytes_value": ([hello(), proto.frame(proto.Batch(
-            "raw", 1, "bad", "", "main", [], True, ["x"], [1], [TS], [b"\x00"]))],
+            "raw", 1, "bad", "", "main", [], True, ["x"], [1], [TS],
+            [b"\x00"]))],  # type: ignore[list-item]  # the wrong type on purpose
             ("malformed",), True),
         "batch_before_hello": ([batch("bad", GOOD_BATCH)], ("hello",), False),
         "mark_before_hello": ([proto.frame(proto.StepMark("raw", 1, "bad", "", "main", "start",
@@ -245,7 +246,7 @@ def test_many_bad_clients_at_once_do_not_disturb_a_good_one(daemon: Daemon, root
         sends, needles, welcome = CASES[case]
         try:
             assert_refused(exchange(daemon.sock, *sends), *needles, welcome=welcome)
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:  # reported below
             errors.append(e)
 
     def abuse() -> None:

@@ -21,7 +21,7 @@ def test_values_steps_types_and_later_wins(daemon: Daemon) -> None:
     want = {"answer": 42, "answer_3": 44, "s": "x", "f": 0.5, "n": None, "b": False,
             "l": [1, "a", None], "d": {"k": {"z": [1.5]}}, "big": 2**63, "neg": -(2**63),
             "answer_env": 42, "raw": "not json"}
-    got = wait_for(lambda: daemon.metrics("sem1", "train") == want and daemon.metrics("sem1", "train"),
+    got = wait_for(lambda: (m := daemon.metrics("sem1", "train")) == want and m,
                    what="the step log")
     assert type(got["answer"]) is int and type(got["f"]) is float and type(got["b"]) is bool
     log = daemon.show("sem1")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -37,10 +39,8 @@ class NotifyListener:
     def pump(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            try:
+            with contextlib.suppress(TimeoutError):
                 self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
-            except TimeoutError:
-                pass
 
     def until(self, pred: Callable[[list[str]], bool], timeout: float = 20) -> None:
         end = time.monotonic() + timeout
@@ -70,8 +70,8 @@ def listener(root: Path) -> Iterator[Callable[[bool], NotifyListener]]:
 
 
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
-def test_notify_sequence(make_daemon: Callable[..., Daemon], listener: Callable[[bool], NotifyListener],
-                         abstract: bool) -> None:
+def test_notify_sequence(make_daemon: Callable[..., Daemon],
+                         listener: Callable[[bool], NotifyListener], abstract: bool) -> None:
     n = listener(abstract)
     d = make_daemon("", extra_env={"NOTIFY_SOCKET": n.address}).start(wait=False)
     n.until(lambda k: len(k) >= 1)
@@ -104,7 +104,7 @@ def test_watchdog_period_and_pid(make_daemon: Callable[..., Daemon],
     n.pump(2.0)
     pings = [t for t, m in n.messages if m == "WATCHDOG=1"]
     assert len(pings) >= 6, n.messages
-    gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
     assert 0.1 < sorted(gaps)[len(gaps) // 2] < 0.3  # every WATCHDOG_USEC / 2
     d.stop()
     # WATCHDOG_PID names another process: not ours to ping for
@@ -120,7 +120,7 @@ def test_watchdog_period_and_pid(make_daemon: Callable[..., Daemon],
 def read_frame(s: socket.socket) -> object:
     buf = b""
     while True:
-        frames, used, error = proto.split_frames(buf)
+        frames, _, error = proto.split_frames(buf)
         assert error is None
         if frames:
             return proto.decoder.decode(frames[0])
@@ -233,8 +233,9 @@ def test_notify_reload_units_only_lack_the_new_type_on_old_systemd(root: Path) -
     tool = systemd_analyze()
     for name, text in _units.render("system", _units.this_magnusd()).items():
         (root / name).write_text(text)
-    r = subprocess.run([tool, "verify", str(root / "magnusd.service"), str(root / "magnusd.socket")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [tool, "verify", str(root / "magnusd.service"), str(root / "magnusd.socket")],
+        capture_output=True, text=True)
     problems = [x for x in (r.stdout + r.stderr).splitlines() if x.strip()]
     if (_units.systemd_version() or 0) >= 253:
         assert r.returncode == 0 and not problems

@@ -18,7 +18,8 @@ def test_capture_folds_steps_metrics_and_statuses_like_the_run_log(
                 magnus.track_this(step=i, loss=1 / i)
             magnus.track_this(lr=0.1)
             magnus.track_this(step=2, loss=0.4)  # a later value of a step wins
-        with pytest.raises(RuntimeError), magnus.step("eval"):
+        # the step must end by the exception, so it raises inside the raises() block
+        with pytest.raises(RuntimeError, match="boom"), magnus.step("eval"):  # noqa: PT012
             magnus.track_this(acc=0.9)
             raise RuntimeError("boom")
     run = tracked.run("cap1")  # (earlier tests of this process may have left events pending)
@@ -56,6 +57,6 @@ def test_the_readme_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert block is not None
     monkeypatch.setenv("MAGNUS_RUN_ID", "readme-example")
     scope: dict[str, object] = {}
-    exec(block.group(1), scope)  # noqa: S102 - the README's own example
+    exec(block.group(1), scope)  # the README's own example
     scope["test_training_logs_its_loss"]()  # type: ignore[operator]
 

@@ -59,7 +59,7 @@ class MlflowServer:
     def healthy(self) -> bool:
         try:
             with urllib.request.urlopen(self.uri + "/health", timeout=2) as r:
-                return r.status == 200
+                return bool(r.status == 200)  # urlopen's answer is untyped
         except OSError:
             return False
 
@@ -103,7 +103,8 @@ def drained(d: Daemon) -> bool:
 
 
 def mlflow_cfg(uri: str, name: str = "mlflow") -> str:
-    return f"experiment_tracker:\n  type: mlflow\n  name: {name}\n  config: {{tracking_uri: '{uri}'}}\n"
+    return (f"experiment_tracker:\n  type: mlflow\n  name: {name}\n"
+            f"  config: {{tracking_uri: '{uri}'}}\n")
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "server"])
@@ -134,12 +135,11 @@ def test_restart_and_a_second_process_write_the_same_run(make_daemon: Callable[.
                                                         root: Path) -> None:
     uri = f"sqlite:///{root}/same.db"
     d = make_daemon(mlflow_cfg(uri)).start()
-    env = {"MAGNUS_RUN_ID": "same1", "MAGNUS_STEP_NAME": "s"}
-    d.client(TRACK.format(first=1, last=100), **env)
+    d.client(TRACK.format(first=1, last=100), MAGNUS_RUN_ID="same1", MAGNUS_STEP_NAME="s")
     wait_for(lambda: drained(d), timeout=120, what="drained")
     d.stop()
     d.start()
-    d.client(TRACK.format(first=101, last=200), **env)
+    d.client(TRACK.format(first=101, last=200), MAGNUS_RUN_ID="same1", MAGNUS_STEP_NAME="s")
     wait_for(lambda: drained(d), timeout=120, what="drained again")
     run = the_run(uri, "Default", "same1")
     assert len(client(uri).get_metric_history(run.info.run_id, "loss")) == 200

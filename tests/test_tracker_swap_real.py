@@ -36,8 +36,10 @@ def tb_steps(log_dir: Path, run: str, key: str) -> list[int]:
 def test_tensorboard_then_mlflow_then_both(make_daemon: Callable[..., Daemon], root: Path) -> None:
     tb1, tb2, db = root / "tb-main", root / "tb-second", root / "swap.db"
     uri = f"sqlite:///{db}"
-    tb_cfg = f"experiment_tracker:\n  - type: tensorboard\n    name: main\n    config: {{log_dir: '{tb1}'}}\n"
-    ml_cfg = f"experiment_tracker:\n  - type: mlflow\n    name: main\n    config: {{tracking_uri: '{uri}'}}\n"
+    tb_cfg = ("experiment_tracker:\n  - type: tensorboard\n    name: main\n"
+              f"    config: {{log_dir: '{tb1}'}}\n")
+    ml_cfg = ("experiment_tracker:\n  - type: mlflow\n    name: main\n"
+              f"    config: {{tracking_uri: '{uri}'}}\n")
     both = ml_cfg + f"  - type: tensorboard\n    name: second\n    config: {{log_dir: '{tb2}'}}\n"
     d = make_daemon(tb_cfg).start()
     wait_for(lambda: d.status()["trackers"], what="trackers loaded")

@@ -17,7 +17,7 @@ from conftest import Daemon, wait_for
 pytest.importorskip("tensorboardX")
 pytest.importorskip("tensorboard")
 
-from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import (
     EventAccumulator,
 )
 
@@ -125,7 +125,8 @@ def test_per_step_puts_each_step_in_its_own_directory(make_daemon: Callable[...,
     assert len(list((run / "ev%2Fal").glob("events.out.tfevents.*"))) == 1
     if Path("/proc/self/fd").is_dir():
         assert d.proc is not None
-        wait_for(lambda: not open_under(d.proc.pid, run), what="step writers closed")
+        pid = d.proc.pid
+        wait_for(lambda: not open_under(pid, run), what="step writers closed")
 
 
 def open_under(pid: int, path: Path) -> list[str]:

@@ -148,16 +148,20 @@ def test_lower_steps_later_and_after_a_restart_are_kept(make_daemon: Callable[..
     d = make_daemon(wandb_cfg(wb)).start()
     emit = RUN_EXPORT + "for i in range({a}, {b}):\n    track_this(step=i, loss=i + {off})\n" \
         "assert flush(10)\n"
-    env = {"MAGNUS_RUN_ID": "re/run 1", "MAGNUS_RUN_TAG": "", "MAGNUS_STEP_NAME": "s"}
-    d.client(emit.format(a=1, b=21, off=0), **env)
+
+    def emit_steps(a: int, b: int, off: float) -> None:
+        d.client(emit.format(a=a, b=b, off=off), MAGNUS_RUN_ID="re/run 1", MAGNUS_RUN_TAG="",
+                 MAGNUS_STEP_NAME="s")
+
+    emit_steps(1, 21, 0)
     wait_for(lambda: drained(d) and d.status()["trackers"][0]["delivered"] == 20,
              what="first client delivered")
-    d.client(emit.format(a=1, b=11, off=0.5), **env)  # lower than the last step (20)
+    emit_steps(1, 11, 0.5)  # lower than the last step (20)
     wait_for(lambda: drained(d) and d.status()["trackers"][0]["delivered"] == 30,
              what="second client delivered")
     assert d.stop() == 0
     d.start()  # a restart resumes the same W&B run (offline: a second directory, same id)
-    d.client(emit.format(a=5, b=8, off=0.25), **env)
+    emit_steps(5, 8, 0.25)
     wait_for(lambda: drained(d) and d.status()["trackers"][0]["delivered"] == 3,
              what="third client delivered")
     assert d.stop() == 0

@@ -68,7 +68,7 @@ def test_plugin_receives_every_event_with_identity(make_daemon: Callable[..., Da
         assert {e["step_name"] for e in mine if e["key"] == "loss"} == {step}
         assert {(e["key"], json.dumps(e["value"])) for e in mine if e["step"] == 0} == {
             ("note", '"x"'), ("flag", "true"), ("cfg", '{"a": 1}'), ("k", "1")}
-        assert [e for e in mine if e["key"] == "k"][0]["step_name"] == "inner"
+        assert next(e for e in mine if e["key"] == "k")["step_name"] == "inner"
         assert {"step_end": "inner", "run_id": run, "status": "SUCCESS"} in got
     st = tracker(d, "rec")
     assert st["delivered"] == len(ev) and st["errors"] == 0 and st["type"] == "test-recorder"
@@ -143,7 +143,7 @@ def test_kill_9_while_a_tracker_is_behind(make_daemon: Callable[..., Daemon], ro
             track_this(step=i, v=i)
         assert flush(10)
     """, MAGNUS_RUN_ID="behind", MAGNUS_STEP_NAME="s")
-    wait_for(lambda: 0 < len(lines(out)) and tracker(d, "slow")["pending"] > 0,
+    wait_for(lambda: len(lines(out)) > 0 and tracker(d, "slow")["pending"] > 0,
              what="tracker part-way")
     d.kill9()
     d.start()
@@ -188,7 +188,8 @@ def test_new_tracker_starts_at_head_backfill_replays_removed_stops(
         make_daemon: Callable[..., Daemon], root: Path) -> None:
     first, late, replay = root / "first.jsonl", root / "late.jsonl", root / "replay.jsonl"
     d = make_daemon(file_cfg(("first", "file", f"{{path: {first}}}"))).start()
-    emit = "from magnus import track_this, flush\nfor i in range({a}, {b}): track_this(step=i, v=i)\nassert flush(10)"
+    emit = ("from magnus import track_this, flush\n"
+            "for i in range({a}, {b}): track_this(step=i, v=i)\nassert flush(10)")
     d.client(emit.format(a=1, b=101), MAGNUS_RUN_ID="bf")
     wait_for(lambda: drained(d), what="first drained")
     write_atomic(d.config, file_cfg(("first", "file", f"{{path: {first}}}"),
@@ -282,7 +283,8 @@ def test_client_context_is_built_from_the_active_tracker(make_daemon: Callable[.
     assert d.proc is not None and worker != d.proc.pid
 
 
-@pytest.mark.parametrize("cfg", ["", "experiment_tracker:\n  type: file\n  config: {path: /tmp/x}\n"])
+@pytest.mark.parametrize(
+    "cfg", ["", "experiment_tracker:\n  type: file\n  config: {path: /tmp/x}\n"])
 def test_no_context_without_a_context_capable_tracker(daemon: Daemon, cfg: str) -> None:
     write_atomic(daemon.config, cfg)
     r = daemon.client("""

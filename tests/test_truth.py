@@ -56,7 +56,7 @@ def test_a_daemon_restart_mid_step_keeps_one_whole_attempt(make_daemon: Callable
     else:
         d.kill9()
     go.touch()
-    out, err = client.communicate(timeout=120)  # leaves the step and exits: events spooled
+    _, err = client.communicate(timeout=120)  # leaves the step and exits: events spooled
     assert client.returncode == 0, err
     d.start()
     log = the_run(d, "restart1", "SUCCESS")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from array import array
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -21,7 +22,7 @@ from magnusd._runstore import RunStore
 HELLO = proto.Hello(proto.PROTOCOL_VERSION, "t")
 
 
-def batch(seq: int, *, run: str = "r", step: str = "s", rows: list | None = None,
+def batch(seq: int, *, run: str = "r", step: str = "s", rows: list[proto.Record] | None = None,
           key: str | None = None, n: int = 0, rank: int | None = None) -> proto.Batch:
     if key is not None:
         return proto.Batch("c", seq, run, "", step, [], True, [key], list(range(1, n + 1)),
@@ -29,7 +30,8 @@ def batch(seq: int, *, run: str = "r", step: str = "s", rows: list | None = None
     return proto.Batch("c", seq, run, "", step, rows or [], rank=rank)
 
 
-def mark(seq: int, kind: str, status: str = "", attempt: str = "a1") -> proto.StepMark:
+def mark(seq: int, kind: Literal["start", "end"], status: str = "",
+         attempt: str = "a1") -> proto.StepMark:
     return proto.StepMark("c", seq, "r", "", "s", kind, 1.0, status, attempt, "h", 7)
 
 
@@ -91,7 +93,7 @@ def test_the_run_store_writes_logs_marks_and_series_and_the_fold_reads_them(
                           batch(3, rows=[(0, 1.0, {"lr": 0.1, "note": "x"})]),
                           mark(4, "end", "SUCCESS")))
     store.close()
-    steps, times, values = _series.read(_series.path_of(str(tmp_path / "runs"), "r", "s",
+    steps, _, values = _series.read(_series.path_of(str(tmp_path / "runs"), "r", "s",
                                                         "loss"))
     assert list(steps) == [1, 2, 3, 4, 5] and list(values) == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert not Path(_series.path_of(str(tmp_path / "runs"), "r", "s", "note")).exists()

@@ -9,10 +9,12 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 
-from magnusd import BaseExperimentTracker
+from magnusd import BaseExperimentTracker, RunInfo
 
 
 class RecorderConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -29,27 +31,28 @@ class Recorder(BaseExperimentTracker):
         if self.config.fail_file and os.path.exists(self.config.fail_file):
             raise RuntimeError("injected failure: backend unavailable")
 
-    def _write(self, obj: dict) -> None:
+    def _write(self, obj: dict[str, Any]) -> None:
         with open(self.config.path, "a") as f:
             f.write(json.dumps(obj) + "\n")
 
-    def log_metric(self, key, value, step=0):
+    def log_metric(self, key: str, value: Any, step: int = 0) -> None:
         self._check()
         if self.config.delay:
             time.sleep(self.config.delay)
         r = self.run
+        assert r is not None  # log_batch sets it
         self._write({"run_id": r.run_id, "tag": r.tag, "step_name": r.step_name,
                      "key": key, "value": value, "step": step})
 
-    def on_step_end(self, run, status):
+    def on_step_end(self, run: RunInfo, status: str) -> None:
         self._check()
         self._write({"step_end": run.step_name, "run_id": run.run_id, "status": status})
 
-    def context_state(self, run):
+    def context_state(self, run: RunInfo) -> dict[str, Any]:
         return {"served_by": os.getpid()}
 
     @contextlib.contextmanager
-    def client_context(self, run, state):
+    def client_context(self, run: RunInfo, state: dict[str, Any]) -> Iterator[Any]:
         yield {"run_id": run.run_id, "tag": run.tag, "step_name": run.step_name,
                "path": self.config.path, **state}
 
@@ -57,7 +60,7 @@ class Recorder(BaseExperimentTracker):
 class BrokenConstruct(BaseExperimentTracker):
     service_name = "test-broken-construct"
 
-    def __init__(self, config):
+    def __init__(self, config: Any) -> None:
         raise ConnectionError("cannot reach the backend")
 
 
@@ -74,11 +77,11 @@ class Faulty(BaseExperimentTracker):
     service_name = "test-faulty"
     Config = FaultyConfig
 
-    def __init__(self, config):
+    def __init__(self, config: Any) -> None:
         super().__init__(config)
-        self._leaked = []
+        self._leaked: list[bytearray] = []
 
-    def log_metric(self, key, value, step=0):
+    def log_metric(self, key: str, value: Any, step: int = 0) -> None:
         c = self.config
         if value in c.on_values:
             if c.fault == "segfault":
@@ -96,10 +99,11 @@ class Faulty(BaseExperimentTracker):
 
                 raise PermanentError(f"the backend refuses {key}={value!r}")
         r = self.run
+        assert r is not None
         with open(c.path, "a") as f:
             f.write(json.dumps({"run_id": r.run_id, "key": key, "value": value,
                                 "step": step}) + "\n")
 
-    def on_step_end(self, run, status):
+    def on_step_end(self, run: RunInfo, status: str) -> None:
         with open(self.config.path, "a") as f:
             f.write(json.dumps({"step_end": run.step_name, "status": status}) + "\n")

@@ -67,7 +67,7 @@ def damage(path: Path, offset: int, data: bytes) -> None:
 
 def record_offsets(path: Path) -> list[int]:
     data = path.read_bytes()
-    return [0] + [end for end, _, _, _ in records.scan(data)][:-1]
+    return [0, *[end for end, _, _, _ in records.scan(data)][:-1]]
 
 
 @pytest.mark.parametrize("how", ["flipped byte", "zeroed length", "torn tail", "garbage tail"])

@@ -39,7 +39,8 @@ PRODUCER = """
 
 
 def tracker_cfg(root: Path, extra: int) -> str:
-    out = [f"experiment_tracker:\n  - {{type: file, name: main, config: {{path: '{root}/f.jsonl'}}}}"]
+    out = ["experiment_tracker:\n"
+           f"  - {{type: file, name: main, config: {{path: '{root}/f.jsonl'}}}}"]
     if extra % 2:  # a reload adds or removes a second tracker
         out.append(f"  - {{type: do-nothing, name: extra{extra}}}")
     return "\n".join(out) + "\n"
