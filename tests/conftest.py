@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from harness import MAGNUSD, PY, Daemon, wait_for
 
 __all__ = ["MAGNUSD", "PY", "Daemon", "wait_for"]  # test files import these from conftest
