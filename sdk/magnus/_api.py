@@ -1,21 +1,29 @@
 """The public calls: `track_this`, `flush`, `step`, `get_experiment_tracker_context`."""
 
-from __future__ import annotations
-
 import os
 import time
 
-from . import _client
+from ._client import CLIENT as _CLIENT
+from ._steps import MAX_BUFFER as _MAX_BUFFER
+from ._steps import Ctx, Mark
+from ._steps import buffer as _buffer
 from ._validate import INT_MAX, INT_MIN, check_step, check_value
 
-_buffer = _client.buffer
-_CLIENT = _client.CLIENT
-_MAX_BUFFER = _client.MAX_BUFFER
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing and contextlib cost milliseconds: never on `import magnus`
+    from collections.abc import Callable
+    from types import TracebackType
+    from typing import Any, TypeVar
+
+    F = TypeVar("F", bound=Callable[..., Any])
+
+_extend = _buffer.extend
 _time = time.time
 _SCALAR = frozenset({float, bool, type(None)})
+_STEPS = _CLIENT.steps
 
 
-def track_this(step: int = 0, **metrics: Any) -> None:
+def track_this(step: int = 0, **metrics: "Any") -> None:
     """Record each keyword as a metric of the current run and step.
 
     Values must be JSON-friendly; a bad value, key or step raises TypeError/ValueError here and
@@ -31,10 +39,10 @@ def track_this(step: int = 0, **metrics: Any) -> None:
         elif type(v) is int and INT_MIN <= v <= INT_MAX and 0 < len(k) <= 250:
             continue
         metrics[k] = check_value(k, v)  # str, containers, errors
-    if _CLIENT.thread is None:
+    if _CLIENT.flusher is None:
         _CLIENT.start()
     if len(_buffer) < _MAX_BUFFER:
-        _buffer.append((step, _time(), metrics))
+        _extend((step, _time(), metrics))  # three entries, no tuple kept: see _steps
     else:
         _CLIENT.dropped += 1
 
@@ -46,15 +54,6 @@ def flush(timeout: float | None = 5.0) -> bool:
     the daemon cannot be reached.
     """
     return _CLIENT.flush(timeout)
-
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing and contextlib cost milliseconds: never on `import magnus`
-    from collections.abc import Callable
-    from types import TracebackType
-    from typing import Any, TypeVar
-
-    F = TypeVar("F", bound=Callable[..., Any])
 
 
 class step:
@@ -70,19 +69,18 @@ class step:
         self.name = name
         # (outer, own, pid) per entry: a forked child leaving the block does not end its
         # parent's attempt
-        self._stack: list[tuple[_client.Ctx, _client.Ctx, int]] = []
+        self._stack: list[tuple[Ctx, Ctx, int]] = []
 
-    def __enter__(self) -> step:
-        c = _CLIENT
-        c.start()
-        outer = c.current()
-        ctx = _client.Ctx(outer.run_id, outer.tag, self.name, True, c.new_attempt())
+    def __enter__(self) -> "step":
+        _CLIENT.start()
+        outer = _STEPS.current()
+        ctx = Ctx(outer.run_id, outer.tag, self.name, True, _STEPS.new_attempt())
         self._stack.append((outer, ctx, os.getpid()))
-        c.add_mark(_client.Mark("start", ctx, ctx))
+        _STEPS.add_mark(Mark("start", ctx, ctx))
         return self
 
-    def __call__(self, fn: F) -> F:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def __call__(self, fn: "F") -> "F":
+        def wrapper(*args: "Any", **kwargs: "Any") -> "Any":
             with self:
                 return fn(*args, **kwargs)
 
@@ -91,15 +89,14 @@ class step:
         wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        c = _CLIENT
+    def __exit__(self, et: "type[BaseException] | None", ev: "BaseException | None",
+                 tb: "TracebackType | None") -> None:
         outer, ctx, pid = self._stack.pop()
         if pid != os.getpid():
             return
-        c.add_env_metrics(ctx)
+        _STEPS.add_env_metrics(ctx)
         ok = et is None or (et is SystemExit and getattr(ev, "code", None) in (0, None))
-        c.add_mark(_client.Mark("end", ctx, outer, "SUCCESS" if ok else "FAIL"))
+        _STEPS.add_mark(Mark("end", ctx, outer, "SUCCESS" if ok else "FAIL"))
 
 
 class _TrackerContext:
@@ -109,23 +106,23 @@ class _TrackerContext:
     def __init__(self) -> None:
         self._cm: Any = None
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> "Any":
         reply = _CLIENT.ask_context()
         if reply is None or not reply.tracker_type:
             return None
         from ._context import Run, client_context  # only when a tracker is active
 
-        cur = _CLIENT.current()
+        cur = _STEPS.current()
         self._cm = client_context(reply.tracker_type, reply.config,
                                   Run(cur.run_id, cur.tag, cur.step_name), reply.state)
         return self._cm.__enter__()
 
-    def __exit__(self, *exc: Any) -> Any:
+    def __exit__(self, *exc: "Any") -> "Any":
         cm, self._cm = self._cm, None
         return None if cm is None else cm.__exit__(*exc)
 
 
-def get_experiment_tracker_context() -> _TrackerContext:
+def get_experiment_tracker_context() -> "_TrackerContext":
     """The active tracker's own client, attached to the run the daemon writes to.
 
     A null context (yields None) when no tracker is configured or no daemon answers.

@@ -7,8 +7,6 @@ distributed job, on any host, writes one run. Rank: `RANK`, `SLURM_PROCID`,
 hostname (so tests can play several hosts on one machine).
 """
 
-from __future__ import annotations
-
 import os
 
 TYPE_CHECKING = False
@@ -20,7 +18,7 @@ RANK_VARIABLES = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
 TRACK_PREFIX = "MAGNUS_TRACK_"
 
 
-def run_id_from(environ: Mapping[str, str]) -> str | None:
+def run_id_from(environ: "Mapping[str, str]") -> str | None:
     """The run id the environment names, or None (the SDK then makes one)."""
     if run_id := environ.get("MAGNUS_RUN_ID"):
         return run_id
@@ -33,7 +31,7 @@ def run_id_from(environ: Mapping[str, str]) -> str | None:
     return None
 
 
-def rank_from(environ: Mapping[str, str]) -> int | None:
+def rank_from(environ: "Mapping[str, str]") -> int | None:
     for name in RANK_VARIABLES:
         raw = environ.get(name)
         if raw is not None and raw.strip().isdigit():
@@ -41,7 +39,7 @@ def rank_from(environ: Mapping[str, str]) -> int | None:
     return None
 
 
-def host_from(environ: Mapping[str, str]) -> str:
+def host_from(environ: "Mapping[str, str]") -> str:
     return environ.get("MAGNUS_HOST") or os.uname().nodename
 
 
@@ -69,7 +67,7 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + os.urandom(3).hex()
 
 
-def env_metrics(environ: Mapping[str, str]) -> dict[str, Any]:
+def env_metrics(environ: "Mapping[str, str]") -> "dict[str, Any]":
     """`MAGNUS_TRACK_<key>` variables, values parsed as JSON with the raw string as fallback."""
     out: dict[str, Any] = {}
     names = [n for n in list(environ) if n.startswith(TRACK_PREFIX) and len(n) > len(TRACK_PREFIX)]

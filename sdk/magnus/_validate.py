@@ -12,8 +12,6 @@ may hold at most `MAX_ARRAY_ITEMS` elements (the value budget at 9 bytes a numbe
 summary (mean, quantiles, a histogram) of anything larger.
 """
 
-from __future__ import annotations
-
 from ._limits import MAX_FRAME, MAX_KEY_LEN
 
 TYPE_CHECKING = False
@@ -46,7 +44,7 @@ def check_step(step: object) -> int:
     return step
 
 
-def check_value(key: str, value: Any) -> Any:
+def check_value(key: str, value: "Any") -> "Any":
     """Return `value` (a copy for containers) or raise TypeError/ValueError naming `key`."""
     check_key(key)
     budget = [MAX_VALUE_BYTES]
@@ -56,7 +54,7 @@ def check_value(key: str, value: Any) -> Any:
         raise type(e)(f"metric {key!r}: {e}") from None
 
 
-def _copy(v: Any, budget: list[int], depth: int) -> Any:
+def _copy(v: "Any", budget: list[int], depth: int) -> "Any":
     t = type(v)
     if v is None or t is bool or t is float:
         budget[0] -= 9
@@ -92,7 +90,7 @@ def _copy(v: Any, budget: list[int], depth: int) -> Any:
     return v
 
 
-def _plain(v: Any, t: type) -> Any:
+def _plain(v: "Any", t: type) -> "Any":
     """The plain Python value of an ML library's value, or TypeError."""
     module = t.__module__
     if module == "numpy" or module.startswith("torch"):

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import _client
+from ._transport import MemoryTransport
 
 __all__ = ["Captured", "capture"]
 
@@ -33,18 +34,21 @@ class Captured:
     """What was tracked inside `capture()`."""
 
     def __init__(self) -> None:
-        self.messages: list[Any] = []  # Batch and StepMark messages, in order
+        self.transport = MemoryTransport()  # where the SDK's frames go while captured
         self.run_id = ""  # the run this process tracks into while captured
 
-    def deliver(self, frames: list[bytes]) -> None:
+    @property
+    def messages(self) -> list[Any]:
+        """The Batch and StepMark messages, in order."""
         from . import _protocol as proto
 
-        self.messages.extend(proto.decoder.decode(f[4:]) for f in frames)
+        return [proto.decoder.decode(f[4:]) for f in self.transport.frames]
 
     @property
     def runs(self) -> dict[str, dict[str, Any]]:
-        """Each run's RunLog, as `magnusd show RUN --json` prints it."""
+        """Each run's RunLog as plain data, as `json.loads` reads `magnusd show RUN --json`."""
         from ._fold import RunFold
+        from ._runlog import as_builtins
 
         folds: dict[str, RunFold] = {}
         for m in self.messages:
@@ -52,7 +56,7 @@ class Captured:
             if fold is None:
                 fold = folds[m.run_id] = RunFold(m.run_id)
             fold.add(m)
-        return {run_id: f.result() for run_id, f in folds.items()}
+        return {run_id: as_builtins(f.result()) for run_id, f in folds.items()}
 
     def run(self, run_id: str | None = None) -> dict[str, Any]:
         """One run's RunLog: `run_id`, else the run this process tracked into (its
@@ -89,21 +93,12 @@ def capture() -> Iterator[Captured]:
     client = _client.CLIENT
     client.start()
     captured = Captured()
-    previous, client.transport = client.transport, captured
-    _fresh_identity(client)
+    previous, client.transport = client.transport, captured.transport
+    client.forget_identity()  # a test may have changed MAGNUS_RUN_ID and friends
     captured.run_id = client.current().run_id
     try:
         yield captured
     finally:
         client.flush(10)
         client.transport = previous
-        _fresh_identity(client)
-
-
-def _fresh_identity(client: _client.Client) -> None:
-    """Read run id, tag and step from the environment again (a test may have changed them)."""
-    with client.enc_lock:
-        client._encode_pending()  # what is pending keeps the identity it was tracked under
-        with client.lock:
-            if not any(type(e) is _client.Mark for e in _client.buffer):
-                client.cur = client.ctx = None
+        client.forget_identity()
