@@ -86,7 +86,7 @@ np = pytest.importorskip("numpy")
 
 def recorded() -> dict[str, object]:
     (entry,) = _steps.records(_steps.buffer)
-    return entry[2]  # type: ignore[no-any-return]
+    return entry[2]
 
 
 def test_numpy_scalars_become_the_plain_type() -> None:
