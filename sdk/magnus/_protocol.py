@@ -10,6 +10,13 @@ and `Error` just before it closes a connection it refuses.
 
 The same framing is used by spool files and, with a CRC header, by the daemon's journal, so one
 decoder reads all three.
+
+Client ids: a client id names one in-order stream of seqs. The daemon journals a message only
+when its seq is above the last it journaled for that id, so a resend after a reconnect is
+dropped exactly. A client that writes its undelivered messages to a spool file must therefore
+continue under a new client id: the spool file is ingested in its own time, and messages sent
+meanwhile on a connection under the old id would make the daemon skip the spooled ones (or the
+reverse). Step ends the daemon writes itself use `DAEMON_CLIENT_ID` (below).
 """
 
 from __future__ import annotations
@@ -214,6 +221,20 @@ def _no_ext(code: int, data: memoryview) -> Any:
 
 encoder = msgspec.msgpack.Encoder()
 decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message, ext_hook=_no_ext)
+# What the journal and spool files hold (and trackers are fed from).
+journaled_decoder: msgspec.msgpack.Decoder[Batch | StepMark] = msgspec.msgpack.Decoder(
+    Journaled, ext_hook=_no_ext)
+
+
+def tracker_points(msg: Batch | StepMark | BatchSteps | MarkHead) -> int:
+    """The metric points trackers receive from `msg`: a tracked batch's points; none from
+    environment metrics (`track=False`, run log only) or from step marks."""
+    if type(msg) is Batch:
+        return msg.count() if msg.track else 0
+    if type(msg) is BatchSteps:
+        return (len(msg.steps) if msg.keys else sum([len(r[2]) for r in msg.records])
+                ) if msg.track else 0
+    return 0
 
 
 def frame(msg: msgspec.Struct) -> bytes:
