@@ -1,5 +1,6 @@
-"""Helpers shared by the benchmarks: a private `magnusd serve` subprocess, status polling,
-run-log checks, percentiles and markdown output. Standard library only (plus the project).
+"""Helpers shared by the benchmarks. The daemon harness (`Daemon`, `wait_for`, clients) is the
+tests' one, tests/harness.py: tests/ goes on sys.path here, so the benchmarks and the tests drive
+the daemon the same way. Results are `_results` Structs; `render.py` writes the Markdown.
 """
 
 from __future__ import annotations
@@ -8,19 +9,48 @@ import json
 import math
 import os
 import shutil
-import signal
+import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-OUT_DIR = HERE / "out"
-PY = sys.executable
-MAGNUSD = str(Path(PY).parent / "magnusd")
+REPO = HERE.parent
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
+
+import harness  # noqa: E402 - after the sys.path entry above
+from harness import MAGNUSD, PY, clean_env, free_port, mem_kb, send, wait_for  # noqa: E402
+
+__all__ = ["MAGNUSD", "PY", "Daemon", "clean_env", "free_port", "mem_kb", "send", "wait_for"]
+
+
+class Daemon(harness.Daemon):
+    """The harness's daemon, its status asked in-process (the benchmarks poll it often)."""
+
+    def __init__(self, root: Path, config_text: str | None = None,
+                 extra_env: dict[str, str] | None = None, *, spool_dir: str | None = None,
+                 command: Sequence[str] | None = None) -> None:
+        super().__init__(root, config_text, extra_env, spool_dir=spool_dir, command=command,
+                         in_process_status=True)
+
+    def run_log(self, run_id: str) -> dict[str, Any]:
+        """`magnusd show RUN_ID --json`; raises when there is no such run."""
+        run = self.show(run_id)
+        if run is None:
+            raise RuntimeError(f"magnusd show {run_id} failed")
+        return run
+
+    def finish(self, root: Path, keep: bool, timeout: float = 60.0) -> dict[str, Any]:
+        """Stop (never raising on a slow stop), remove `root`; how it went."""
+        code = self.stop(timeout, check=False)
+        res = {"daemon_exit": code, "stop_s": self.stop_s, "daemon_log_problems":
+               self.log_problems()}
+        remove_tree(root, keep)
+        return res
 
 
 def check_python() -> None:
@@ -30,186 +60,26 @@ def check_python() -> None:
                  f"{sys.argv[0]}")
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any MAGNUS_* setting, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAGNUS_")}
-    env.update(extra)
-    return env
-
-
 def short_tmpdir(prefix: str) -> Path:
     """A fresh directory under /tmp with a short path (AF_UNIX paths are limited to 108 bytes)."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, every: float = 0.05,
-             what: str = "condition") -> Any:
-    end = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < end:
-        last = pred()
-        if last:
-            return last
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}; last={last!r}")
+def remove_tree(path: Path, keep: bool) -> None:
+    if keep:
+        print(f"(kept {path})", file=sys.stderr)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
-class Daemon:
-    """`magnusd serve` as a subprocess on private paths under `root`.
-
-    `command` replaces the default `[magnusd, "serve"]` (the ingest benchmark's profiler);
-    `extra_env` is added to its environment (its tracker workers inherit it), `cwd` is its
-    working directory (default: this process's). The daemon's web viewer (on by default since
-    9bcee4f, 127.0.0.1:7470) listens on a free port of its own (MAGNUS_UI_LISTEN), so that it
-    runs in every benchmark daemon as in a default one and never competes for 7470 with
-    another daemon on the machine; older daemons ignore the variable.
-    """
-
-    def __init__(self, root: Path, spool_dir: str | None = None,
-                 command: Sequence[str] | None = None, extra_env: dict[str, str] | None = None,
-                 cwd: str | None = None) -> None:
-        self.root = root
-        (root / "s").mkdir(parents=True, exist_ok=True)
-        os.chmod(root / "s", 0o700)
-        self.sock = str(root / "s" / "d.sock")
-        self.data = str(root / "data")
-        self.config = str(root / "config.yaml")  # missing file = no trackers
-        self.spool_dir = spool_dir
-        self.log = root / "daemon.log"
-        self.command = list(command) if command else [MAGNUSD, "serve"]
-        self.extra_env = dict(extra_env or {})
-        self.ui_listen = f"127.0.0.1:{free_port()}"
-        self.cwd = cwd
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.stop_s = float("nan")  # SIGTERM to exit
-        self._status_fn: Callable[[str], dict[str, Any]] | None = None
-
-    @property
-    def env(self) -> dict[str, str]:
-        e = clean_env(MAGNUS_SOCKET=self.sock, MAGNUS_DATA_DIR=self.data,
-                      MAGNUS_CONFIG=self.config, MAGNUS_UI_LISTEN=self.ui_listen)
-        if self.spool_dir:
-            e["MAGNUS_SPOOL_DIR"] = self.spool_dir
-        e.update(self.extra_env)
-        return e
-
-    def start(self, timeout: float = 30.0) -> Daemon:
-        with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen(self.command, env=self.env, stdout=logf,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, cwd=self.cwd)
-        wait_for(self._answers, timeout, 0.05, "`magnusd status` to exit 0")
-        return self
-
-    def _answers(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"magnusd exited with {self.proc.returncode}:\n{self.log_text()}")
-        r = subprocess.run([MAGNUSD, "status"], env=self.env, capture_output=True, timeout=30)
-        return r.returncode == 0
-
-    def status(self) -> dict[str, Any]:
-        """`magnusd status --json`, asked in-process (a CLI start costs ~0.1 s, too coarse for
-        polling); falls back to the CLI when the project's helper is not importable."""
-        if self._status_fn is None:
-            try:
-                from magnusd._cli import request_status
-
-                self._status_fn = request_status
-            except ImportError:
-                self._status_fn = self._status_cli
-        return self._status_fn(self.sock)
-
-    def _status_cli(self, _sock: str) -> dict[str, Any]:
-        r = subprocess.run([MAGNUSD, "status", "--json"], env=self.env, capture_output=True,
-                           timeout=30, check=True)
-        return json.loads(r.stdout)
-
-    def status_cli(self) -> dict[str, Any]:
-        return self._status_cli(self.sock)
-
-    def show(self, run_id: str) -> dict[str, Any]:
-        r = subprocess.run([MAGNUSD, "show", run_id, "--json"], env=self.env,
-                           capture_output=True, timeout=120)
-        if r.returncode != 0:
-            raise RuntimeError(f"magnusd show {run_id} failed: {r.stderr.decode().strip()}")
-        return json.loads(r.stdout)
-
-    def wait_applied(self, min_events: int, timeout: float = 120.0,
-                     every: float = 0.01) -> tuple[float, dict[str, Any]]:
-        """Poll status until the run log caught up with the journal and `events_total` reached
-        `min_events`; return (time.monotonic() at that moment, the status)."""
-        end = time.monotonic() + timeout
-        st: dict[str, Any] = {}
-        while time.monotonic() < end:
-            st = self.status()
-            if (st["events_total"] >= min_events
-                    and st["runlog"]["applied_seq"] == st["journal"]["last_seq"]):
-                return time.monotonic(), st
-            time.sleep(every)
-        raise TimeoutError(f"run log did not catch up within {timeout} s: {st}")
-
-    def rss_kb(self) -> tuple[int, int]:
-        """(VmRSS, VmHWM) of the daemon process in kB, (0, 0) when unreadable. The daemon
-        only: each tracker runs in its own worker process (see `workers`)."""
-        return mem_kb(self.proc.pid) if self.proc is not None else (0, 0)
-
-    def workers(self, st: dict[str, Any] | None = None) -> dict[str, int]:
-        """Tracker name -> its worker's pid, from `status` (trackers without a live worker
-        are left out)."""
-        st = st if st is not None else self.status()
-        return {t["name"]: t["pid"] for t in st.get("trackers", []) if t.get("pid")}
-
-    def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM, wait for the graceful exit; returns the exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            t0 = time.monotonic()
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()  # our own child, by pid
-                self.proc.wait()
-            self.stop_s = time.monotonic() - t0
-        return self.proc.returncode
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_problems(self) -> list[str]:
-        """Log lines at WARNING or above, and tracebacks."""
-        return [ln for ln in self.log_text().splitlines()
-                if " WARNING " in ln or " ERROR " in ln or " CRITICAL " in ln
-                or ln.startswith("Traceback")]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def mem_kb(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of process `pid` in kB from /proc/<pid>/status, (0, 0) when unreadable
-    (gone, or not ours to read)."""
-    vals = {"VmRSS": 0, "VmHWM": 0}
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                k = line.split(":")[0]
-                if k in vals:
-                    vals[k] = int(line.split()[1])
-    except OSError:
-        pass
-    return vals["VmRSS"], vals["VmHWM"]
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def metric_keys_ok(run: dict[str, Any], step_name: str, key: str, steps: range
@@ -217,7 +87,7 @@ def metric_keys_ok(run: dict[str, Any], step_name: str, key: str, steps: range
     """How many of the expected `key` / `key_<i>` entries the step log holds, and up to 5
     missing names."""
     m = run.get("steps", {}).get(step_name, {}).get("user_defined_metrics", {})
-    found, missing = 0, []
+    found, missing = 0, list[str]()
     for i in steps:
         name = key if i == 0 else f"{key}_{i}"
         if name in m:
@@ -235,70 +105,74 @@ def percentile(sorted_vals: Sequence[float], q: float) -> float:
     return sorted_vals[max(0, min(len(sorted_vals) - 1, k))]
 
 
+def med(xs: Sequence[float]) -> float:
+    """The median, NaN for no values."""
+    return statistics.median(xs) if xs else float("nan")
+
+
+def client_json(cmd: list[str], env: dict[str, str], timeout: float = 900,
+                cwd: Path | None = None) -> dict[str, Any]:
+    """Run a client script to the end; its last stdout line as JSON (plus `stderr`)."""
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    err = r.stderr.strip()
+    if r.returncode != 0 or not r.stdout.strip():
+        raise RuntimeError(f"{' '.join(cmd[1:3])} exited {r.returncode}:\n{err[-2000:]}")
+    res: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+    res["stderr"] = err
+    return res
+
+
+def read_ready(procs: Sequence[subprocess.Popen[str]], timeout: float = 300
+               ) -> list[dict[str, Any]]:
+    """Wait for clients started with `Daemon.start_clients` to exit; their JSON lines."""
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        if p.returncode != 0 or not out.strip():
+            raise RuntimeError(f"client exited {p.returncode}: {err[-2000:]}")
+        res: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        res["stderr"] = err.strip()
+        outs.append(res)
+    return outs
+
+
+def kill_all(procs: Sequence[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()  # our own child, by pid
+            p.wait()
+
+
+# -- legacy report helpers, until every script returns _results Structs ----------------------
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+    from _results import Column
+    from render import table as render_table
+
+    return render_table([Column(h) for h in header], [[str(c) for c in r] for r in rows])
 
 
 def machine_line() -> str:
-    import platform
+    from _results import Machine
 
-    try:
-        load = "load average %.2f %.2f %.2f" % os.getloadavg()
-    except OSError:
-        load = "load average unknown"
-    return (f"{platform.python_implementation()} {platform.python_version()}, "
-            f"{os.cpu_count()} CPU(s), {platform.machine()}, {load} (other processes on the "
-            f"machine skew the tails), {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    return Machine.now().line()
 
 
 def write_report(name: str, text: str) -> Path:
+    from _results import OUT_DIR
+
     OUT_DIR.mkdir(exist_ok=True)
     path = OUT_DIR / f"{name}.md"
     path.write_text(text if text.endswith("\n") else text + "\n")
     return path
 
 
-def remove_tree(path: Path, keep: bool) -> None:
-    if keep:
-        print(f"(kept {path})", file=sys.stderr)
-    else:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def start_clients(script: str, arg: str | Sequence[str], d: Daemon, run_ids: list[str],
                   cspool: str) -> list[subprocess.Popen[str]]:
-    """One client process per run id, each started and waited for until it prints `ready`
-    (the daemon's `extra_env`, e.g. a PYTHONPATH, reaches the clients too)."""
-    args = [arg] if isinstance(arg, str) else list(arg)
-    procs = []
-    for rid in run_ids:
-        env = clean_env(MAGNUS_SOCKET=d.sock, MAGNUS_DATA_DIR=d.data, MAGNUS_CONFIG=d.config,
-                          MAGNUS_RUN_ID=rid, MAGNUS_SPOOL_DIR=cspool)
-        env.update(d.extra_env)
-        procs.append(subprocess.Popen([PY, script, *args], env=env, text=True,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE))
-    for p in procs:
-        assert p.stdout is not None
-        line = p.stdout.readline()
-        if line.strip() != "ready":
-            raise RuntimeError(f"client not ready: {line!r} "
-                               f"{p.stderr.read() if p.stderr else ''}")
-    return procs
-
-
-def send(procs: list[subprocess.Popen[str]], text: str) -> None:
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write(text)
-        p.stdin.flush()
+    return d.start_clients(script, [arg] if isinstance(arg, str) else list(arg), run_ids,
+                           MAGNUS_SPOOL_DIR=cspool)
 
 
 def finish(d: Daemon, root: Path, keep: bool, res: dict[str, Any]) -> None:
-    """Stop the daemon, note how it went in `res`, and remove the run's files."""
-    res["daemon_exit"] = d.stop()
-    res["stop_s"] = d.stop_s
-    res["daemon_log_problems"] = d.log_problems()
-    remove_tree(root, keep)
+    res.update(d.finish(root, keep))

@@ -1,6 +1,7 @@
 """Client process of benchmarks/track_this.py (run fresh for each case; prints one JSON line).
 
-    python _track_client.py magnus N   # track_this(loss=x, step=i), i = 1..N, each call timed
+    python _track_client.py magnus N [DIR]  # track_this(loss=x, step=i), i = 1..N, each call
+                                            # timed; `magnus` must come from DIR when given
     python _track_client.py floor N    # the pure-Python floor: list.append of a tuple (the
                                        # list is emptied every 8192 entries, off the clock)
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from array import array
@@ -21,7 +23,7 @@ from array import array
 QS = (50, 90, 99, 99.9, 99.99)
 
 
-def summary(a: array) -> dict[str, float]:
+def summary(a: array[int]) -> dict[str, float]:
     s = sorted(a)
     n = len(s)
     out: dict[str, float] = {f"p{q:g}": s[max(0, min(n - 1, math.ceil(q * n / 100) - 1))]
@@ -32,7 +34,7 @@ def summary(a: array) -> dict[str, float]:
     return out
 
 
-def timer_overhead(n: int) -> array:
+def timer_overhead(n: int) -> array[int]:
     pc = time.perf_counter_ns
     out = array("q", bytes(8 * n))
     for i in range(n):
@@ -42,11 +44,15 @@ def timer_overhead(n: int) -> array:
     return out
 
 
-def run_magnus(n: int) -> dict[str, object]:
+def run_magnus(n: int, where: str | None) -> dict[str, object]:
     t_imp = time.perf_counter()
+    import magnus
     from magnus import flush, track_this
 
     import_s = time.perf_counter() - t_imp
+    got = os.path.dirname(os.path.realpath(magnus.__file__ or ""))
+    if where and got != os.path.realpath(where):
+        sys.exit(f"magnus imported from {got}, expected {where}")
     track_this(loss=0.0, step=0)  # warm-up: starts the flusher thread (key "loss")
     time.sleep(0.3)  # let the flusher import msgspec and connect (or fail to) off the clock
     timer = timer_overhead(n)
@@ -71,7 +77,7 @@ def run_magnus(n: int) -> dict[str, object]:
         c = _client.CLIENT
         res.update(dropped=c.dropped, spooled_files=c.spooled_files,
                    run_id=c.current().run_id, last_error=c.last_error)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         res["internals_error"] = repr(e)
     return res
 
@@ -98,7 +104,8 @@ def run_floor(n: int) -> dict[str, object]:
 
 def main() -> None:
     mode, n = sys.argv[1], int(sys.argv[2])
-    res = run_magnus(n) if mode == "magnus" else run_floor(n)
+    where = sys.argv[3] if len(sys.argv) > 3 else None
+    res = run_magnus(n, where) if mode == "magnus" else run_floor(n)
     sys.stdout.write(json.dumps(res) + "\n")
     sys.stdout.flush()
 

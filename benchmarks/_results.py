@@ -1,0 +1,146 @@
+"""What a benchmark returns: typed results (msgspec Structs), saved as JSON in
+benchmarks/out/<name>.json; benchmarks/render.py turns them into Markdown, the only place that
+does.
+
+A Report holds headline `Result`s (a figure with its median, tails and ratio to a peer or
+baseline, and the machine load it was measured under) and blocks in reading order: `Table`s of
+typed cells (numbers stay numbers; each column says how to print them) and `Text` paragraphs.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+
+Cell = str | int | float | None
+
+
+class Machine(msgspec.Struct, frozen=True):
+    python: str
+    cpus: int
+    arch: str
+    load: tuple[float, float, float]
+    at: str
+
+    @classmethod
+    def now(cls) -> Machine:
+        try:
+            load = os.getloadavg()
+        except OSError:
+            load = (float("nan"),) * 3
+        return cls(python=f"{platform.python_implementation()} {platform.python_version()}",
+                   cpus=os.cpu_count() or 0, arch=platform.machine(), load=load,
+                   at=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+
+    def line(self) -> str:
+        return (f"{self.python}, {self.cpus} CPU(s), {self.arch}, load average "
+                f"{self.load[0]:.2f} {self.load[1]:.2f} {self.load[2]:.2f} (other processes on "
+                f"the machine skew the tails), {self.at}")
+
+
+class Result(msgspec.Struct, kw_only=True):
+    """One headline figure: `median` (and tails) of `n` samples in `unit`."""
+
+    name: str
+    unit: str
+    median: float
+    p99: float | None = None
+    p999: float | None = None
+    n: int = 0
+    ratio: float | None = None  # median / the peer's (or the baseline's) median
+    peer: str = ""
+    load: float | None = None  # 1-minute load average as the case started
+    ok: bool = True
+
+
+class Column(msgspec.Struct, frozen=True):
+    name: str
+    fmt: str = ""  # format spec for numbers (",.0f", ".3f", ...); "" = str()
+    bold: bool = False
+
+
+class Table(msgspec.Struct, tag="table", kw_only=True):
+    columns: list[Column]
+    rows: list[list[Cell]]
+    title: str = ""  # a "## title" heading before it
+    intro: str = ""
+
+
+class Text(msgspec.Struct, tag="text"):
+    text: str
+
+
+Block = Table | Text
+
+
+class Report(msgspec.Struct, kw_only=True):
+    name: str  # the file stem in benchmarks/out/
+    title: str
+    machine: Machine
+    argv: list[str]
+    intro: str = ""
+    results: list[Result] = []
+    blocks: list[Block] = []
+    notes: list[str] = []
+    ok: bool = True
+    seconds: float = 0.0
+
+
+def cols(*spec: str | tuple[str, str] | Column) -> list[Column]:
+    """Columns from names, (name, fmt) pairs or Columns; a fmt starting with "*" is bold."""
+    out = []
+    for s in spec:
+        if isinstance(s, Column):
+            out.append(s)
+        elif isinstance(s, str):
+            out.append(Column(s))
+        else:
+            out.append(Column(s[0], s[1].lstrip("*"), s[1].startswith("*")))
+    return out
+
+
+def new_report(name: str, title: str, intro: str = "") -> Report:
+    return Report(name=name, title=title, machine=Machine.now(), argv=sys.argv[1:], intro=intro)
+
+
+def save(report: Report) -> Path:
+    """Write out/<name>.json, render it to out/<name>.md and print the Markdown."""
+    from render import render
+
+    OUT_DIR.mkdir(exist_ok=True)
+    path = OUT_DIR / f"{report.name}.json"
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(report)) + b"\n")
+    text = render(report)
+    (OUT_DIR / f"{report.name}.md").write_text(text)
+    print(text)
+    print(f"(written to {path} and {path.with_suffix('.md')})", file=sys.stderr)
+    return path
+
+
+def load(path: Path) -> Report:
+    return msgspec.json.decode(path.read_bytes(), type=Report)
+
+
+
+class Stats(msgspec.Struct, frozen=True):
+    """Nearest-rank percentiles of per-call times in ns (what the clients' `summary` prints)."""
+
+    n: int
+    p50: float
+    p90: float
+    p99: float
+    p999: float = msgspec.field(name="p99.9")
+    p9999: float = msgspec.field(name="p99.99")
+    max: float
+    mean: float
+
+    @classmethod
+    def of(cls, d: object) -> Stats:
+        return msgspec.convert(d, cls)
