@@ -29,7 +29,8 @@ from ._config import Config, ConfigError, TrackerDef
 from ._fanout import Cursor, CursorStore, start_cursor
 from ._journal import Journal
 from ._tracker import BaseExperimentTracker
-from ._workers import Runner, Spawner, Worker
+from ._workerproc import Spawner, Worker
+from ._workers import Runner
 
 log = logging.getLogger("magnusd.trackers")
 DEBOUNCE_MS = 200
@@ -189,7 +190,8 @@ class Trackers:
             if old is not None and old.defn == d and old.constructed:
                 out[i] = Built(d, None, None, keep=True)  # unchanged: keep the runner
                 return
-            worker, error = await self.spawner.spawn(self._spec(d))
+            spawned = await self.spawner.spawn(self._spec(d))
+            worker, error = spawned.worker, spawned.error
             if error is not None:
                 where = (f"$.experiment_tracker[{i}]" if isinstance(cfg.experiment_tracker, list)
                          else "$.experiment_tracker")
