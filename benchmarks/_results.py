@@ -13,7 +13,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -91,6 +93,11 @@ class Report(msgspec.Struct, kw_only=True):
     notes: list[str] = []
     ok: bool = True
     seconds: float = 0.0
+    data: Any = None  # the cases' raw measurements, for whoever wants more than the tables
+
+    def add(self, block: str | Table) -> None:
+        """Append a block: a Table, or a paragraph of Markdown text."""
+        self.blocks.append(Text(block) if isinstance(block, str) else block)
 
 
 def cols(*spec: str | tuple[str, str] | Column) -> list[Column]:
@@ -104,6 +111,11 @@ def cols(*spec: str | tuple[str, str] | Column) -> list[Column]:
         else:
             out.append(Column(s[0], s[1].lstrip("*"), s[1].startswith("*")))
     return out
+
+
+def tbl(header: Sequence[str | tuple[str, str] | Column], rows: Sequence[Sequence[Cell]],
+        title: str = "", intro: str = "") -> Table:
+    return Table(columns=cols(*header), rows=[list(r) for r in rows], title=title, intro=intro)
 
 
 def new_report(name: str, title: str, intro: str = "") -> Report:

@@ -1,7 +1,8 @@
 """Daemon ingest rate: events/s journaled and events/s in the run log, with 1, 4 and 8 client
 processes (design §11: >= 1,000,000 events/s, several clients).
 
-    .venv/bin/python benchmarks/ingest.py [--events 1000000] [--clients 1,4,8] [--profile | --profile-wall] [--keep]
+    .venv/bin/python benchmarks/ingest.py [--events 1000000] [--clients 1,4,8]
+        [--profile | --profile-wall] [--quick] [--keep]
 
 For each client count a fresh private `magnusd serve` is started, and N client processes
 (benchmarks/_ingest_client.py, each with its own MAGNUS_RUN_ID) warm up, then are released
@@ -20,15 +21,14 @@ after its SIGTERM stop prints the top 25 functions by cumulative and by total ti
 files are kept in benchmarks/out/ (open with `python -m pstats FILE`). Profiling slows the
 daemon: its rates are then not the daemon's real rates.
 
-Results: a markdown table on stdout and in benchmarks/out/ingest.md (with --profile:
-benchmarks/out/ingest-profiled.md and the profiles in benchmarks/out/ingest_profile.md).
+Results: benchmarks/out/ingest.json, rendered to ingest.md (with --profile: ingest-profiled,
+the profiles included).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import pstats
 import subprocess
@@ -37,31 +37,22 @@ import time
 from typing import Any
 
 import _common as C
+from _results import OUT_DIR, Result, Table, Text, cols, new_report, save
 
 CLIENT = str(C.HERE / "_ingest_client.py")
 PROFILED_SERVE = str(C.HERE / "_profiled_serve.py")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
 
 
 def one(nclients: int, total: int, profile: str, keep: bool) -> dict[str, Any]:
     per = total // nclients
     total = per * nclients
     root = C.short_tmpdir("mbi")
-    prof_path = str(C.OUT_DIR / f"ingest-{nclients}c.prof")
+    prof_path = str(OUT_DIR / f"ingest-{nclients}c.prof")
     cmd = None
     if profile:
         cmd = [C.PY, PROFILED_SERVE, *(["--wall"] if profile == "wall" else []), prof_path]
     if profile:
-        C.OUT_DIR.mkdir(exist_ok=True)
+        OUT_DIR.mkdir(exist_ok=True)
     d = C.Daemon(root, spool_dir=str(root / "spool"), command=cmd)
     tag = os.urandom(2).hex()
     run_ids = [f"bench-ingest-{tag}-{nclients}c-{k}" for k in range(nclients)]
@@ -70,21 +61,15 @@ def one(nclients: int, total: int, profile: str, keep: bool) -> dict[str, Any]:
     try:
         d.start()
         assert d.proc is not None
-        procs = C.start_clients(CLIENT, str(per), d, run_ids, str(root / "cspool"))
+        procs = d.start_clients(CLIENT, [str(per)], run_ids, MAGNUS_SPOOL_DIR=str(root / "cspool"))
         base = d.status()
-        cpu0 = cpu_seconds(d.proc.pid)
+        cpu0 = C.cpu_seconds(d.proc.pid)
         t_release = time.monotonic()
         C.send(procs, "go\n")
         t_applied, st = d.wait_applied(base["events_total"] + total, timeout=300, every=0.01)
-        cpu1 = cpu_seconds(d.proc.pid)
-        outs = []
-        for p in procs:
-            out, err = p.communicate(timeout=300)
-            if p.returncode != 0:
-                raise RuntimeError(f"client exited {p.returncode}: {err}")
-            outs.append(json.loads(out.strip().splitlines()[-1]))
-            if err.strip():
-                res.setdefault("client_stderr", []).append(err.strip()[:300])
+        cpu1 = C.cpu_seconds(d.proc.pid)
+        outs = C.read_ready(procs)
+        res["client_stderr"] = [o["stderr"][:300] for o in outs if o["stderr"]]
         t_first = min(o["t_first"] for o in outs)
         t_flushed = max(o["t_flushed"] for o in outs)
         res.update(
@@ -106,19 +91,13 @@ def one(nclients: int, total: int, profile: str, keep: bool) -> dict[str, Any]:
         lost, missing = 0, []
         t0 = time.monotonic()
         for rid in run_ids:
-            found, miss = C.metric_keys_ok(d.show(rid), "main", "loss", range(per))
+            found, miss = C.metric_keys_ok(d.run_log(rid), "main", "loss", range(per))
             lost += per - found
             missing += miss[:2]
         res.update(lost=lost, missing=missing[:5], show_s=time.monotonic() - t0)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()  # our own child, by pid
-                p.wait()
-        res["daemon_exit"] = d.stop(timeout=120)
-        res["stop_s"] = d.stop_s
-        res["daemon_log_problems"] = d.log_problems()
-        C.remove_tree(root, keep)
+        C.kill_all(procs)
+        res.update(d.finish(root, keep, timeout=120))
     if profile:
         res["profile"] = profile_text(prof_path)
         res["profile_path"] = prof_path
@@ -140,78 +119,68 @@ def profile_text(path: str, top: int = 25) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--events", type=int, default=1_000_000, help="events per configuration")
     ap.add_argument("--clients", default="1,4,8", help="comma-separated client counts")
     ap.add_argument("--profile", action="store_const", const="cpu", default="",
                     help="run the daemon under cProfile (per-thread CPU time)")
     ap.add_argument("--profile-wall", dest="profile", action="store_const", const="wall",
                     help="like --profile, wall-clock time (idle waits included)")
+    ap.add_argument("--quick", action="store_true", help="20,000 events, 1 and 4 clients")
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs (daemon logs)")
     args = ap.parse_args()
     C.check_python()
+    if args.quick:
+        args.events, args.clients = 20_000, "1,4"
     t_start = time.monotonic()
     results = []
     for n in (int(x) for x in args.clients.split(",")):
         print(f"{n} client(s), {args.events:,} events{' (profiled)' if args.profile else ''} ...",
               file=sys.stderr)
         results.append(one(n, args.events, args.profile, args.keep))
-
-    rows = []
-    for r in results:
-        rows.append([r["clients"], f"{r['events']:,}", f"{r['journal_s']:.2f}",
-                     f"**{r['journal_eps']:,.0f}**", f"{r['runlog_s']:.2f}",
-                     f"**{r['runlog_eps']:,.0f}**", f"{r['client_loop_s']:.2f}",
-                     f"{r['daemon_cpu_s']:.2f}", f"{r['events'] / r['daemon_cpu_s']:,.0f}",
-                     f"{r['events_total']:,}", r["messages"],
-                     f"{r['rss_kb'][0] / 1024:.0f} / {r['rss_kb'][1] / 1024:.0f}",
-                     r["lost"], "OK" if r["lost"] == 0 and r["flush_ok"] else "FAIL"])
-    out = [f"# daemon ingest rate\n\n{C.machine_line()}; "
-           f"`{' '.join(sys.argv[1:]) or '(defaults)'}`"
-           + (" — **daemon under cProfile: rates are not representative**" if args.profile
-              else "")
-           + "\n\nFrom the first event to: every client's flush() returned (journal), "
-           "`status` shows runlog.applied_seq == journal.last_seq with all events counted "
-           "(run log). Target ≥ 1,000,000 events/s. When the slowest client's loop takes about "
-           "as long as the journal time, the clients (sharing 2 CPUs with the daemon), not the "
-           "daemon, set the rate; 'events per daemon CPU s' is then the daemon's own capacity "
-           "(daemon CPU counted from release to run log caught up).\n"]
-    out.append(C.table(["clients", "events", "journal s", "journal events/s", "run log s",
-                        "run log events/s", "slowest client loop s", "daemon CPU s",
-                        "events per daemon CPU s",
-                        "events_total Δ", "messages", "daemon RSS / peak MB", "lost",
-                        "check"], rows))
-    notes = []
+    rep = new_report("ingest-profiled" if args.profile else "ingest", "daemon ingest rate", (
+        ("**daemon under cProfile: rates are not representative**\n\n" if args.profile else "")
+        + "From the first event to: every client's flush() returned (journal), `status` shows "
+        "runlog.applied_seq == journal.last_seq with all events counted (run log). Target ≥ "
+        "1,000,000 events/s. When the slowest client's loop takes about as long as the journal "
+        "time, the clients (sharing 2 CPUs with the daemon), not the daemon, set the rate; "
+        "'events per daemon CPU s' is then the daemon's own capacity (daemon CPU counted from "
+        "release to run log caught up)."))
+    ok = [r["lost"] == 0 and r["flush_ok"] for r in results]
+    for r, good in zip(results, ok, strict=True):
+        rep.results += [Result(name=f"{r['clients']} client(s): {what}", unit="events/s",
+                               median=r[key], n=r["events"], ok=good)
+                        for what, key in (("journal", "journal_eps"), ("run log", "runlog_eps"))]
+    rep.blocks.append(Table(columns=cols(
+        "clients", "events", ("journal s", ".2f"), ("journal events/s", "*,.0f"),
+        ("run log s", ".2f"), ("run log events/s", "*,.0f"), ("slowest client loop s", ".2f"),
+        ("daemon CPU s", ".2f"), ("events per daemon CPU s", ",.0f"), "events_total Δ",
+        "messages", ("daemon RSS MB", ".0f"), ("peak MB", ".0f"), "lost", "check"), rows=[
+        [r["clients"], r["events"], r["journal_s"], r["journal_eps"], r["runlog_s"],
+         r["runlog_eps"], r["client_loop_s"], r["daemon_cpu_s"], r["events"] / r["daemon_cpu_s"],
+         r["events_total"], r["messages"], r["rss_kb"][0] / 1024, r["rss_kb"][1] / 1024,
+         r["lost"], "OK" if good else "FAIL"] for r, good in zip(results, ok, strict=True)]))
     for r in results:
         pre = f"{r['clients']} client(s)"
         if r["daemon_log_problems"]:
-            notes.append(f"{pre}: daemon log: " + " / ".join(r["daemon_log_problems"][:5]))
-        if r.get("client_stderr"):
-            notes.append(f"{pre}: client stderr: " + " / ".join(r["client_stderr"][:3]))
+            rep.notes.append(f"{pre}: daemon log: " + " / ".join(r["daemon_log_problems"][:5]))
+        if r["client_stderr"]:
+            rep.notes.append(f"{pre}: client stderr: " + " / ".join(r["client_stderr"][:3]))
         if r["daemon_exit"] != 0:
-            notes.append(f"{pre}: daemon exited {r['daemon_exit']} on SIGTERM")
+            rep.notes.append(f"{pre}: daemon exited {r['daemon_exit']} on SIGTERM")
         if r["missing"]:
-            notes.append(f"{pre}: missing e.g. {r['missing']}")
-        if not r["flush_ok"]:
-            notes.append(f"{pre}: a client's flush() returned False")
-        notes.append(f"{pre}: journal {r['journal_bytes'] / r['events']:.1f} bytes/event; "
-                     f"release→first event {r['release_to_first_s'] * 1000:.0f} ms; "
-                     f"`show` of all runs {r['show_s']:.1f} s; duplicates skipped "
-                     f"{r['duplicates_skipped']}; SIGTERM→daemon exit {r['stop_s']:.1f} s")
-    if notes:
-        out.append("\nNotes:\n" + "\n".join(f"- {x}" for x in notes))
-    out.append(f"\nTotal benchmark time {time.monotonic() - t_start:.0f} s.")
-    text = "\n".join(out) + "\n"
-    print(text)
-    path = C.write_report("ingest-profiled" if args.profile else "ingest", text)
-    print(f"(written to {path})", file=sys.stderr)
-    if args.profile:
-        ptext = "\n\n".join(f"## daemon profile ({args.profile} time), {r['clients']} client(s) "
-                            f"({r['profile_path']})\n\n{r['profile']}" for r in results)
-        print(ptext)
-        ppath = C.write_report("ingest_profile", "# daemon profiles\n\n" + ptext)
-        print(f"(profiles written to {ppath})", file=sys.stderr)
-    return 0 if all(r["lost"] == 0 and r["flush_ok"] for r in results) else 1
+            rep.notes.append(f"{pre}: missing e.g. {r['missing']}")
+        rep.notes.append(f"{pre}: journal {r['journal_bytes'] / r['events']:.1f} bytes/event; "
+                         f"release→first event {r['release_to_first_s'] * 1000:.0f} ms; "
+                         f"`show` of all runs {r['show_s']:.1f} s; duplicates skipped "
+                         f"{r['duplicates_skipped']}; SIGTERM→daemon exit {r['stop_s']:.1f} s")
+        if args.profile:
+            rep.blocks.append(Text(f"## daemon profile ({args.profile} time), {pre} "
+                                   f"({r['profile_path']})\n\n{r['profile']}"))
+    rep.ok = all(ok)
+    rep.seconds = time.monotonic() - t_start
+    save(rep)
+    return 0 if rep.ok else 1
 
 
 if __name__ == "__main__":

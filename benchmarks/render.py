@@ -31,6 +31,8 @@ def cell(v: Cell, col: Column) -> str:
         s = "-"
     elif isinstance(v, bool):
         s = "yes" if v else "NO"
+    elif isinstance(v, int | float) and col.fmt == "~":  # 3 significant digits, or a count
+        s = f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
     elif isinstance(v, int | float) and col.fmt:
         s = format(v, col.fmt)
     elif isinstance(v, int):
@@ -48,8 +50,8 @@ def table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]]) -> str:
     return "\n".join(lines)
 
 
-RESULT_COLS = [Column("case"), Column("n"), Column("unit"), Column("median", ".3g", True),
-               Column("p99", ".3g"), Column("p99.9", ".3g"), Column("ratio", ".3f"),
+RESULT_COLS = [Column("case"), Column("n"), Column("unit"), Column("median", "~", True),
+               Column("p99", "~"), Column("p99.9", "~"), Column("ratio", ".3f"),
                Column("vs."), Column("load 1 min", ".2f"), Column("check")]
 
 

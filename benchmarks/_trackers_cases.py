@@ -1,0 +1,243 @@
+"""The cases of benchmarks/trackers.py (also used by rss.py): the real trackers through the
+daemon, the libraries alone, and reading their data back from each tracker's storage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import _common as C
+
+CLIENT = str(C.HERE / "_trackers_client.py")
+KINDS = ("mlflow", "wandb", "tensorboard")
+LABEL = {"mlflow": "MLflow 3 (sqlite)", "wandb": "W&B (offline)", "tensorboard": "TensorBoard"}
+TAG = "bench"
+
+
+# -- reading the data back ----------------------------------------------------------------
+
+
+def check_points(points: list[tuple[int, float]], n: int, rel: float = 1e-9) -> dict[str, Any]:
+    """(step, value) pairs against steps 1..n with value 1/step: counts of what is off."""
+    seen = Counter(s for s, _ in points)
+    missing = sum(1 for i in range(1, n + 1) if i not in seen)
+    dups = sum(c - 1 for s, c in seen.items() if 1 <= s <= n and c > 1)
+    unexpected = sum(c for s, c in seen.items() if not 1 <= s <= n)
+    bad = sum(1 for s, v in points if 1 <= s <= n and abs(v - 1.0 / s) > rel / s)
+    ok = missing == 0 and dups == 0 and unexpected == 0 and bad == 0
+    return {"points": len(points), "missing": missing, "duplicates": dups,
+            "unexpected": unexpected, "bad_values": bad, "ok": ok}
+
+
+def mlflow_points(db: Path, *, mlflow_run_id: str | None = None,
+                  magnus_run_id: str | None = None) -> list[tuple[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    if mlflow_run_id is None:
+        exps = [e.experiment_id for e in client.search_experiments()]
+        hits = client.search_runs(exps, filter_string=f"tags.`magnus.run_id` = '{magnus_run_id}'")
+        if len(hits) != 1:
+            raise RuntimeError(f"{len(hits)} MLflow runs tagged magnus.run_id={magnus_run_id}")
+        mlflow_run_id = hits[0].info.run_id
+    return [(m.step, m.value) for m in client.get_metric_history(mlflow_run_id, "loss")]
+
+
+def tb_points(run_dir: Path) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    if "loss" not in acc.Tags().get("scalars", []):
+        return []
+    return [(e.step, e.value) for e in acc.Scalars("loss")]
+
+
+def _wandb_records(path: Path) -> Iterator[bytes]:
+    from magnusd.trackers.wandb import offline_records
+
+    return offline_records(path)
+
+
+def wandb_rows(base: Path, wandb_id: str) -> list[dict[str, Any]]:
+    """History rows of every offline directory of W&B run `wandb_id`."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    rows: list[dict[str, Any]] = []
+    for p in sorted(base.glob(f"wandb/offline-run-*-{wandb_id}/run-{wandb_id}.wandb")):
+        for raw in _wandb_records(p):
+            r = pb.Record()
+            r.ParseFromString(raw)
+            if r.WhichOneof("record_type") == "history":
+                rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
+                             for i in r.history.item})
+    return rows
+
+
+def verify(kind: str, where: Path, n: int, **ids: Any) -> dict[str, Any]:
+    try:
+        if kind in ("mlflow", "mlflow_metric", "mlflow_batch"):
+            return check_points(mlflow_points(where, **ids), n)
+        if kind in ("tensorboard", "tbx"):
+            return check_points(tb_points(where), n, rel=1e-6)  # float32
+        rows = [r for r in wandb_rows(where, ids["wandb_id"]) if "loss" in r]
+        step_key = ids.get("step_key")
+        # The daemon logs each key's magnus step as `magnus/step/<key>`; a plain
+        # `wandb.log` row i (0-based `_step`) holds call i + 1.
+        pts = [(r[step_key] if step_key else r["_step"] + 1, r["loss"]) for r in rows]
+        return check_points(pts, n)
+    except Exception as e:  # reported, not fatal: the other cases still run
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"[:300], "points": 0}
+
+
+# -- through the daemon -------------------------------------------------------------------
+
+
+def tracker_yaml(kind: str, root: Path) -> str:
+    cfg = {"mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"},
+           "wandb": {"mode": "offline", "dir": str(root / "wb"), "project": TAG},
+           "tensorboard": {"log_dir": str(root / "tb")}}[kind]
+    return f"  - type: {kind}\n    name: {kind}\n    config: {json.dumps(cfg)}\n"
+
+
+def tracker(st: dict[str, Any], name: str) -> dict[str, Any]:
+    """Tracker `name` in a status; {} while the daemon has not listed it yet."""
+    return next((t for t in st["trackers"] if t["name"] == name), {})
+
+
+def daemon_case(kinds: tuple[str, ...], n: int, keep: bool) -> dict[str, Any]:
+    root = C.short_tmpdir("mbt")
+    d = C.Daemon(root, spool_dir=str(root / "spool"))
+    d.config.write_text("experiment_tracker:\n" + "".join(tracker_yaml(k, root)
+                                                               for k in kinds))
+    run_id = f"bench-trk-{os.urandom(3).hex()}"
+    res: dict[str, Any] = {"kinds": kinds, "n": n, "run_id": run_id, "trackers": {}}
+    proc: subprocess.Popen[str] | None = None
+    try:
+        d.start()
+        C.wait_for(lambda: all(tracker(st, k).get("state") == "running" for st in [d.status()]
+                               for k in kinds),
+                   60, 0.02, f"trackers {kinds} running")
+        env = C.clean_env(MAGNUS_SOCKET=d.sock, MAGNUS_DATA_DIR=str(d.data),
+                          MAGNUS_CONFIG=str(d.config), MAGNUS_RUN_ID=run_id, MAGNUS_RUN_TAG=TAG,
+                          MAGNUS_SPOOL_DIR=str(root / "cspool"))
+        proc = subprocess.Popen([C.PY, CLIENT, "magnus", str(n)], env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"client not ready: {line!r}")
+        # Whatever the warm-up sent has reached every tracker: the clock starts clean.
+        base = C.wait_for(lambda: (s := d.status()) and all(
+            tracker(s, k)["pending"] == 0 for k in kinds) and s, 30, 0.01, "trackers idle")
+        b_total = base["events_total"]
+        b_deliv = {k: tracker(base, k)["delivered"] for k in kinds}
+        assert d.proc is not None
+        cpu0 = C.cpu_seconds(d.proc.pid)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        first: dict[str, tuple[float, int]] = {}
+        done: dict[str, float] = {}
+        max_pending = dict.fromkeys(kinds, 0)
+        end = time.monotonic() + 180
+        st = base
+        while len(done) < len(kinds):
+            if time.monotonic() > end:
+                raise TimeoutError(f"trackers not caught up within 180 s: {st['trackers']}")
+            st = d.status()
+            now = time.monotonic()
+            journaled = st["events_total"] - b_total >= n
+            for k in kinds:
+                t = tracker(st, k)
+                got = t["delivered"] - b_deliv[k]
+                max_pending[k] = max(max_pending[k], t["pending"])
+                if k not in first and got > 0:
+                    first[k] = (now, got)
+                if k not in done and journaled and t["pending"] == 0 and got >= n:
+                    done[k] = now
+            time.sleep(0.01)
+        cpu1 = C.cpu_seconds(d.proc.pid)
+        out, err = proc.communicate(timeout=120)
+        if proc.returncode != 0 or not out.strip():
+            raise RuntimeError(f"client exited {proc.returncode}: {err[-2000:]}")
+        cl = json.loads(out.strip().splitlines()[-1])
+        res["client"] = cl
+        res["client_stderr"] = stderr_problems(err)
+        res["daemon_cpu_s"] = cpu1 - cpu0
+        res["rss_kb"] = d.rss_kb()
+        t0 = cl["t_first"]
+        for k in kinds:
+            t = tracker(st, k)
+            f_t, f_n = first[k]
+            res["trackers"][k] = {
+                "deliver_s": done[k] - t0, "eps": n / (done[k] - t0),
+                "first_s": f_t - t0, "first_events": f_n,
+                "steady_eps": (n - f_n) / (done[k] - f_t) if done[k] > f_t else float("nan"),
+                "lag_after_flush_s": done[k] - cl["t_flushed"],
+                "max_pending": max_pending[k], "errors": t["errors"],
+                "last_error": t["last_error"], "state": t["state"]}
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()  # our own child, by pid
+            proc.wait()
+        # W&B: finish() writes the rest of the run
+        res["daemon_exit"] = d.stop(timeout=120, check=False)
+        res["daemon_stop_s"] = d.stop_s
+        res["daemon_log_problems"] = d.log_problems()
+    for k in kinds:
+        if k not in res["trackers"]:
+            continue
+        if k == "mlflow":
+            chk = verify(k, root / "mlflow.db", n, magnus_run_id=run_id)
+        elif k == "tensorboard":
+            from magnusd._runstore import run_dirname
+
+            chk = verify(k, root / "tb" / run_dirname(run_id), n)
+        else:
+            from magnusd.trackers.wandb import wandb_run_id
+
+            chk = verify(k, root / "wb", n, wandb_id=wandb_run_id(run_id),
+                         step_key="magnus/step/loss")
+        res["trackers"][k]["check"] = chk
+    C.remove_tree(root, keep)
+    return res
+
+
+# -- the libraries alone ------------------------------------------------------------------
+
+
+def stderr_problems(text: str) -> str:
+    """Lines of a client's stderr worth reporting (not the libraries' INFO chatter)."""
+    keep = [ln for ln in text.splitlines()
+            if any(w in ln for w in ("WARN", "ERROR", "Error", "Traceback", "CRITICAL"))]
+    return "\n".join(keep)[:500]
+
+
+def library_case(mode: str, n: int, keep: bool) -> dict[str, Any]:
+    root = C.short_tmpdir("mbl")
+    where = root / ("lib.db" if mode.startswith("mlflow") else "out")
+    env = C.clean_env(WANDB_SILENT="true")
+    try:
+        r = subprocess.run([C.PY, CLIENT, mode, str(n), str(where)], env=env, text=True,
+                           capture_output=True, timeout=300, cwd=root)
+        if r.returncode != 0 or not r.stdout.strip():
+            raise RuntimeError(f"{mode} client exited {r.returncode}: {r.stderr[-2000:]}")
+        res: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+        res.update(mode=mode, n=n, stderr=stderr_problems(r.stderr))
+        if mode.startswith("mlflow"):
+            res["check"] = verify(mode, where, n, mlflow_run_id=res["mlflow_run_id"])
+        elif mode == "tbx":
+            res["check"] = verify(mode, where, n)
+        else:
+            res["check"] = verify(mode, where, n, wandb_id=res["wandb_run_id"])
+    finally:
+        C.remove_tree(root, keep)
+    return res
