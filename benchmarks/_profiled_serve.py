@@ -67,12 +67,13 @@ def main() -> int:
         rc = magnusd_main(["serve", *args[1:]])
     finally:
         main_prof.disable()
-        threading.setprofile(None)  # type: ignore[arg-type]
-        stats = pstats.Stats(_Snapshot(main_prof))
+        threading.setprofile(None)
+        # pstats reads any object with create_stats() and .stats; typeshed names Profile only
+        stats = pstats.Stats(_Snapshot(main_prof))  # type: ignore[arg-type]
         with _lock:
             others = list(_profiles)
         for _, p in others:
-            stats.add(pstats.Stats(_Snapshot(p)))
+            stats.add(pstats.Stats(_Snapshot(p)))  # type: ignore[arg-type]
         stats.dump_stats(out)
         sys.stderr.write(f"profile: main thread + {len(others)} other thread(s) -> {out}\n")
     return rc

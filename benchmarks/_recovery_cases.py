@@ -84,12 +84,7 @@ def tree_state() -> str:
     return f"HEAD {head}" + (f" + {n} uncommitted file(s) under daemon/ sdk/" if n else "")
 
 
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
+loadavg = C.loadavg
 
 
 def rchar(pid: int) -> int:

@@ -20,12 +20,7 @@ LABEL = {"mlflow": "MLflow (sqlite)", "wandb": "W&B (offline)", "tensorboard": "
 TARGET_MB = 60.0
 
 
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
+loadavg = C.loadavg
 
 
 def comm(pid: int) -> str:

@@ -1,7 +1,9 @@
 """Client processes of benchmarks/trackers.py (each case a fresh process; one JSON line out).
 
-    python _trackers_client.py magnus N            # track_this(loss=v, step=i), i = 1..N, then flush()
-    python _trackers_client.py mlflow_metric N DB  # mlflow.log_metric("loss", v, step=i) in start_run
+    python _trackers_client.py magnus N            # track_this(loss=v, step=i), i = 1..N;
+                                                   # then flush()
+    python _trackers_client.py mlflow_metric N DB  # mlflow.log_metric("loss", v, step=i)
+                                                   # inside start_run
     python _trackers_client.py mlflow_batch N DB   # MlflowClient.log_batch, 1000 metrics per call
     python _trackers_client.py wandb N DIR         # wandb.log({"loss": v}), offline, then finish()
     python _trackers_client.py tbx N DIR           # SummaryWriter.add_scalar("loss", v, i), close()
@@ -23,11 +25,12 @@ import os
 import sys
 import time
 from array import array
+from collections.abc import Callable
 
 from _track_client import summary
 
 
-def timed_loop(n: int, call) -> tuple[array, float]:  # noqa: ANN001
+def timed_loop(n: int, call: Callable[[float, int], object]) -> tuple[array[int], float]:
     pc = time.perf_counter_ns
     out = array("q", bytes(8 * n))
     t = time.perf_counter()

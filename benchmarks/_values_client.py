@@ -37,6 +37,25 @@ from _track_client import summary, timer_overhead
 KINDS = ("float", "f64", "f32", "i64", "arr16", "torch")
 
 
+def expected(kind: str, i: int) -> Any:
+    """The value step i must have in the run log (what _values_client.py sent, as plain JSON)."""
+    if kind in ("float", "f64"):
+        return i * 1e-6
+    if kind in ("f32", "torch"):
+        return i * 0.5
+    if kind == "i64":
+        return i
+    return [i + 0.25 * k for k in range(16)]  # arr16
+
+
+def plain_ok(kind: str, v: Any, want: Any) -> bool:
+    if kind == "i64":
+        return type(v) is int and v == want
+    if kind == "arr16":
+        return type(v) is list and all(type(x) is float for x in v) and v == want
+    return type(v) is float and v == want
+
+
 def build(kind: str, n: int) -> list[Any]:
     """The values for steps 0..n (index = step)."""
     r = range(n + 1)
@@ -125,7 +144,7 @@ def main() -> None:
         c = _client.CLIENT
         res.update(dropped=c.dropped, spooled_files=c.spooled_files,
                    run_id=c.current().run_id, last_error=c.last_error)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         res["internals_error"] = repr(e)
     sys.stdout.write(json.dumps(res) + "\n")
     sys.stdout.flush()

@@ -651,3 +651,15 @@ def measure(args: Any, d: C.Daemon, root: Path, R: dict[str, Any],
         if driver is not None:
             with contextlib.suppress(Exception):
                 driver.quit()
+
+
+def page_cell(x: dict[str, Any]) -> str:
+    done = x["page_all_after_flush_s"]
+    when = f"all {x['page_points']:,} points +{done:.1f} s" if done == done else \
+        f"**stuck at {x['page_points']:,} points**"
+    return (f"{when}; {x['page_errors']} page errors; largest message "
+            f"{x['page_max_msg_kb'] / 1024:.1f} MiB; browser CPU {x['page_bcpu_s']:.1f} s")
+
+
+def met(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"

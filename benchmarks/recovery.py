@@ -71,8 +71,9 @@ cost of starting the interpreter and the daemon.
 The files are on this machine's disk, read back from the page cache (the machine has far more
 RAM than the journal; dropping caches needs root): these are warm-cache times.
 
-Results: benchmarks/out/recovery.json (with --rev: recovery-REV.json), rendered to .md. The temp dir (data, daemon log) is removed at the end unless --keep. Exit
-status 1 when a damaged start did not report the damage or a run store got stuck.
+Results: benchmarks/out/recovery.json (with --rev: recovery-REV.json), rendered to .md. The
+temp dir (data, daemon log) is removed at the end unless --keep. Exit status 1 when a damaged
+start did not report the damage or a run store got stuck.
 """
 
 from __future__ import annotations
@@ -85,48 +86,20 @@ import time
 from typing import Any
 
 import _common as C
-from _recovery_cases import (
-    CASE_TITLE,
-    CASES,
-    GIB,
-    HOLD_CONFIG,
-    STUCK_S,
-    build,
-    empty_reference,
-    loadavg,
-    one_case,
-    setup,
-    tree_state,
-)
+import _recovery_cases as R_
 from _results import Report, Result, new_report, save, tbl
-
-
-def med_max(vals: list[float], fmt: str = "{:.2f}") -> str:
-    if not vals:
-        return "-"
-    return f"{fmt.format(statistics.median(vals))} / {fmt.format(max(vals))}"
-
-
-def caught_cell(rs: list[dict[str, Any]]) -> str:
-    ok = [r["caught_s"] for r in rs if not r["stuck"]]
-    stuck = [r for r in rs if r["stuck"]]
-    cell = f"**{med_max(ok)}**" if ok else ""
-    if stuck:
-        cell += (" — " if cell else "") + (f"**never: {len(stuck)} of {len(rs)} stuck** "
-                                           f"(`{stuck[0]['stuck']}`)")
-    return cell
 
 
 def report(rep: Report, args: argparse.Namespace, b: dict[str, Any],
            results: dict[str, list[dict[str, Any]]], load0: str, code: str) -> None:
     bj = b["journal"]
-    rep.title = f"magnusd recovery with a {bj['bytes'] / GIB:.2f} GiB journal"
-    out = [f"/proc/loadavg at start {load0}, at end {loadavg()}\n",
+    rep.title = f"magnusd recovery with a {bj['bytes'] / R_.GIB:.2f} GiB journal"
+    out = [f"/proc/loadavg at start {load0}, at end {R_.loadavg()}\n",
            f"Daemon and SDK: {code}.\n",
            f"Journal built by {args.clients} client processes (`track_this(step=i, loss=...)`, "
            f"`flush()` every {args.flush_every:,} calls) in {b['seconds']:.1f} s "
            f"({b['sent'] / b['seconds']:,.0f} events/s; run store caught up at "
-           f"{b['caught_up_s']:.1f} s): {bj['bytes']:,} bytes ({bj['bytes'] / GIB:.3f} GiB) in "
+           f"{b['caught_up_s']:.1f} s): {bj['bytes']:,} bytes ({bj['bytes'] / R_.GIB:.3f} GiB) in "
            f"{bj['segments']} segments, {bj['events']:,} events "
            f"({bj['bytes'] / max(bj['events'], 1):.1f} bytes/event), {bj['last_seq']:,} records; "
            f"segment 1 still there: {b['segment1_kept']}; build daemon peak RSS "
@@ -143,16 +116,16 @@ def report(rep: Report, args: argparse.Namespace, b: dict[str, Any],
             continue
         j = rs[-1]["journal"]
         rows.append([
-            CASE_TITLE[case].replace("4 clients", f"{args.clients} clients"),
-            f"{j['bytes'] / GIB:.3f}", j["segments"],
+            R_.CASE_TITLE[case].replace("4 clients", f"{args.clients} clients"),
+            f"{j['bytes'] / R_.GIB:.3f}", j["segments"],
             f"{j['events'] / 1e6:.1f} M" if j["events"] >= 0 else "-",
-            med_max([r["replayed"] for r in rs], "{:,.0f}"),
-            f"**{med_max([r['answer_s'] for r in rs])}**",
-            caught_cell(rs),
-            med_max([r["recovered_s"] for r in rs]),
-            med_max([r["hwm_mb"] for r in rs], "{:.0f}"),
-            med_max([r["cpu_s"] for r in rs]),
-            med_max([r["read_gb"] for r in rs]),
+            R_.med_max([r["replayed"] for r in rs], "{:,.0f}"),
+            f"**{R_.med_max([r['answer_s'] for r in rs])}**",
+            R_.caught_cell(rs),
+            R_.med_max([r["recovered_s"] for r in rs]),
+            R_.med_max([r["hwm_mb"] for r in rs], "{:.0f}"),
+            R_.med_max([r["cpu_s"] for r in rs]),
+            R_.med_max([r["read_gb"] for r in rs]),
         ])
         ok = [r["answer_s"] for r in rs]
         rep.results.append(Result(name=f"{case}: answers `status`", unit="s", n=len(ok),
@@ -193,7 +166,7 @@ def report(rep: Report, args: argparse.Namespace, b: dict[str, Any],
         for r in rs:
             if r["stuck"]:
                 details.append(f"{case} #{r['rep'] + 1}: the run store never caught up: "
-                               f"`status` runlog.error `{r['stuck']}` for {STUCK_S:g} s, "
+                               f"`status` runlog.error `{r['stuck']}` for {R_.STUCK_S:g} s, "
                                f"{r['stuck_at']} (not waited for longer)")
     for r in results.get("clean", []):
         details.append(f"clean #{r['rep'] + 1}: SIGTERM → exit {r['stop_s']:.2f} s (exit "
@@ -211,8 +184,8 @@ def main() -> int:
                     help="kill9: seconds the clients stream before the SIGKILL")
     ap.add_argument("--flush-every", type=int, default=200_000,
                     help="each client calls flush() after this many track_this calls")
-    ap.add_argument("--cases", default=",".join(CASES),
-                    help="comma-separated, of " + ",".join(CASES))
+    ap.add_argument("--cases", default=",".join(R_.CASES),
+                    help="comma-separated, of " + ",".join(R_.CASES))
     ap.add_argument("--rev", default="",
                     help="run the daemon and the clients from this git revision (git archive "
                          "into the temp dir, PYTHONPATH) instead of the working tree")
@@ -222,30 +195,30 @@ def main() -> int:
     if args.quick:
         args.gib, args.reps, args.stream_s, args.clients = 0.02, 1, 1.0, 2
     cases = [c for c in args.cases.split(",") if c]
-    if unknown := set(cases) - set(CASES):
+    if unknown := set(cases) - set(R_.CASES):
         sys.exit(f"unknown case(s): {', '.join(sorted(unknown))}")
     C.check_python()
-    load0 = loadavg()
+    load0 = R_.loadavg()
     t_start = time.monotonic()
     root = C.short_tmpdir("mbrec")
-    extra, code = setup(args, root)
-    d = C.Daemon(root, HOLD_CONFIG, spool_dir=str(root / "spool"), extra_env=extra)
+    extra, code = R_.setup(args, root)
+    d = C.Daemon(root, R_.HOLD_CONFIG, spool_dir=str(root / "spool"), extra_env=extra)
     run_ids = [f"bench-recovery-{os.urandom(2).hex()}-{k}" for k in range(args.clients)]
     results: dict[str, list[dict[str, Any]]] = {}
     problems: list[str] = []
     try:
         print(f"reference: empty data dir x{args.reps} ...", file=sys.stderr)
-        results["empty"] = empty_reference(root, args.reps, extra)
+        results["empty"] = R_.empty_reference(root, args.reps, extra)
         print(f"building a {args.gib:g} GiB journal with {args.clients} clients ...",
               file=sys.stderr)
-        b = build(d, args, run_ids)
-        print(f"  built {b['journal']['bytes'] / GIB:.3f} GiB in {b['seconds']:.0f} s",
+        b = R_.build(d, args, run_ids)
+        print(f"  built {b['journal']['bytes'] / R_.GIB:.3f} GiB in {b['seconds']:.0f} s",
               file=sys.stderr)
         state: dict[str, Any] = {"last_seq": b["journal"]["last_seq"]}
-        for case in [c for c in CASES if c in cases]:
+        for case in [c for c in R_.CASES if c in cases]:
             results[case] = []
             for rep in range(args.reps):
-                r = one_case(case, d, args, run_ids, rep, state)
+                r = R_.one_case(case, d, args, run_ids, rep, state)
                 results[case].append(r)
                 print(f"  {case} #{rep + 1}: answer {r['answer_s']:.2f} s, caught up "
                       f"{r['caught_s']:.2f} s{' STUCK: ' + r['stuck'] if r['stuck'] else ''}, "
@@ -257,7 +230,7 @@ def main() -> int:
             problems.append(f"final SIGTERM: daemon exited {exit_code}")
         C.remove_tree(root, args.keep)
     if not args.rev:
-        code += f"; {tree_state()} at the end"
+        code += f"; {R_.tree_state()} at the end"
     res = new_report("recovery" + (f"-{args.rev}" if args.rev else ""), "magnusd recovery")
     report(res, args, b, results, load0, code)
     res.notes = problems

@@ -40,6 +40,7 @@ from typing import Any
 import _common as C
 from _baseline import extract_sdk, worktree_state
 from _results import Report, Result, Table, Text, cols, new_report, save
+from _values_client import expected, plain_ok
 
 CLIENT = str(C.HERE / "_values_client.py")
 REPO = C.REPO
@@ -48,25 +49,6 @@ LABELS = {"float": "plain `float`", "f64": "`np.float64` scalar", "f32": "`np.fl
           "torch": "0-d torch tensor (float32)"}
 SLOW = ("f64", "f32", "i64", "arr16", "torch")
 med = C.med
-
-
-def expected(kind: str, i: int) -> Any:
-    """The value step i must have in the run log (what _values_client.py sent, as plain JSON)."""
-    if kind in ("float", "f64"):
-        return i * 1e-6
-    if kind in ("f32", "torch"):
-        return i * 0.5
-    if kind == "i64":
-        return i
-    return [i + 0.25 * k for k in range(16)]  # arr16
-
-
-def plain_ok(kind: str, v: Any, want: Any) -> bool:
-    if kind == "i64":
-        return type(v) is int and v == want
-    if kind == "arr16":
-        return type(v) is list and all(type(x) is float for x in v) and v == want
-    return type(v) is float and v == want
 
 
 def verify_run(d: C.Daemon, run_id: str, kind: str, n: int) -> dict[str, Any]:

@@ -40,43 +40,21 @@ from typing import Any
 
 import _common as C
 from _results import Report, Result, new_report, save, tbl
-from _trackers_cases import KINDS, LABEL, daemon_case, library_case
+from _trackers_cases import (
+    KINDS,
+    LABEL,
+    LIB_CALL,
+    LIB_CLOSE,
+    LIB_FOR,
+    daemon_case,
+    eps_or_dash,
+    landed,
+    lib_eps,
+    library_case,
+    us,
+)
 
 # -- report -------------------------------------------------------------------------------
-
-
-def us(ns: float) -> str:
-    v = ns / 1000
-    return f"{v:,.1f}" if v < 100 else f"{v:,.0f}"
-
-
-def eps_or_dash(v: float) -> str:
-    return "-" if v != v else f"{v:,.0f}"  # NaN: the first batch held everything
-
-
-def landed(chk: dict[str, Any] | None) -> str:
-    if not chk:
-        return "-"
-    if chk.get("error"):
-        return f"FAIL ({chk['error']})"
-    if chk["ok"]:
-        return f"{chk['points']:,} ✓"
-    return (f"FAIL: {chk['points']:,} points, missing {chk['missing']}, dup "
-            f"{chk['duplicates']}, unexpected {chk['unexpected']}, bad {chk['bad_values']}")
-
-
-LIB_FOR = {"mlflow": ["mlflow_metric", "mlflow_batch"], "wandb": ["wandb"],
-           "tensorboard": ["tbx"]}
-LIB_CALL = {"mlflow_metric": '`mlflow.log_metric("loss", v, step=i)`',
-            "mlflow_batch": "`MlflowClient.log_batch`, 1000 metrics/call",
-            "wandb": '`run.log({"loss": v})`',
-            "tbx": '`SummaryWriter.add_scalar("loss", v, i)`'}
-LIB_CLOSE = {"mlflow_metric": "end_run", "mlflow_batch": "set_terminated", "wandb": "finish",
-             "tbx": "close"}
-
-
-def lib_eps(r: dict[str, Any]) -> float:
-    return float(r["n"] / (r["loop_s"] + r["close_s"]))
 
 
 def report(rep: Report, n: int, alone: dict[str, dict[str, Any]],

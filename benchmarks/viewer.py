@@ -64,21 +64,8 @@ import time
 from typing import Any
 
 import _common as C
+import _viewer_cases as V
 from _results import Report, Result, new_report, save, tbl
-from _viewer_cases import (
-    API_TARGET_MS,
-    CHROMIUM,
-    DRIVER,
-    FIRST_CHART_TARGET_MS,
-    INGEST_TARGET,
-    LIVE_P99_TARGET_MS,
-    MODES,
-    log_exceptions,
-    mb,
-    measure,
-    ms,
-    revision,
-)
 
 
 def main() -> int:
@@ -98,25 +85,25 @@ def main() -> int:
     if args.quick:
         args.runs, args.points, args.requests, args.loads = 200, 20_000, 3, 2
         args.rate, args.seconds, args.events, args.rounds = 2_000, 3, 20_000, 1
-    if not (CHROMIUM and DRIVER):
+    if not (V.CHROMIUM and V.DRIVER):
         sys.exit("needs Debian's chromium and chromium-driver (/usr/bin/chromium, chromedriver)")
     t_start = time.monotonic()
-    load_start = loadavg()
-    rev = revision()
+    load_start = C.loadavg()
+    rev = V.revision()
     root = C.short_tmpdir("mbv")
     d = C.Daemon(root)
     warnings: list[str] = []
     rss: list[tuple[str, int, int]] = []
     R: dict[str, Any] = {}
     try:
-        measure(args, d, root, R, rss, warnings)
+        V.measure(args, d, root, R, rss, warnings)
     finally:
         R["daemon_exit"] = d.stop(timeout=120, check=False)
         R["log_problems"] = d.log_problems()
-        R["log_exceptions"] = log_exceptions(d.log_text(None))
+        R["log_exceptions"] = V.log_exceptions(d.log_text(None))
         C.remove_tree(root, args.keep)
     rep = new_report("viewer", "the web viewer", f"{rev}; /proc/loadavg at start `{load_start}`, "
-                     f"at end `{loadavg()}`.")
+                     f"at end `{C.loadavg()}`.")
     report(rep, args, R, rss, warnings)
     lost = sum(x["lost"] for x in R["ingest"])
     rep.ok = lost == 0 and R["live"]["steps_ok"] == "ok" and R["daemon_exit"] == 0
@@ -124,23 +111,6 @@ def main() -> int:
     rep.seconds = time.monotonic() - t_start
     save(rep)
     return 0 if rep.ok else 1
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return f.read().strip()
-
-
-def page_cell(x: dict[str, Any]) -> str:
-    done = x["page_all_after_flush_s"]
-    when = f"all {x['page_points']:,} points +{done:.1f} s" if done == done else \
-        f"**stuck at {x['page_points']:,} points**"
-    return (f"{when}; {x['page_errors']} page errors; largest message "
-            f"{x['page_max_msg_kb'] / 1024:.1f} MiB; browser CPU {x['page_bcpu_s']:.1f} s")
-
-
-def met(ok: bool) -> str:
-    return "**met**" if ok else "**not met**"
 
 
 def report(rep: Report, args: Any, R: dict[str, Any], rss: list[tuple[str, int, int]],
@@ -151,14 +121,14 @@ def report(rep: Report, args: Any, R: dict[str, Any], rss: list[tuple[str, int, 
                                  f"max_points=2000`, {args.points:,} points"),
                       ("run", f"`GET /api/runs/big` (the {args.points:,}-point run)")):
         x = R[key]
-        target = (f"median {met(x['median'] <= API_TARGET_MS)}, "
-                  f"p99 {met(x['p99'] <= API_TARGET_MS)}") if key != "run" else "–"
-        rows.append([what, f"{x['bytes'] / 1024:,.0f} KiB", ms(x["first"]), ms(x["median"]),
-                     ms(x["p99"]), ms(x["max"]), target])
+        target = (f"median {V.met(x['median'] <= V.API_TARGET_MS)}, "
+                  f"p99 {V.met(x['p99'] <= V.API_TARGET_MS)}") if key != "run" else "–"
+        rows.append([what, f"{x['bytes'] / 1024:,.0f} KiB", V.ms(x["first"]), V.ms(x["median"]),
+                     V.ms(x["p99"]), V.ms(x["max"]), target])
     rep.add(f"API, ms from the request sent to the last byte read (one keep-alive "
                f"connection; first request alone, then {args.requests}):\n")
     rep.add(tbl(["request", "answer", "first (cold)", "median", "p99", "max",
-                        f"target ≤ {API_TARGET_MS:.0f} ms"], rows))
+                        f"target ≤ {V.API_TARGET_MS:.0f} ms"], rows))
     rep.add(f"\n{args.runs:,} spooled runs were in the run log {R['spool_ingest_s']:.1f} s "
                f"after the daemon was started; the {args.points:,}-point client took "
                f"{R['big_client']['s']:.1f} s to track and flush, its series was complete "
@@ -173,15 +143,15 @@ def report(rep: Report, args: Any, R: dict[str, Any], rss: list[tuple[str, int, 
     rows = []
     for c, nm in zip(cols, names, strict=True):
         v = [x[c] for x in loads]
-        rows.append([nm, *[ms(y) for y in v], ms(statistics.median(v))])
+        rows.append([nm, *[V.ms(y) for y in v], V.ms(statistics.median(v))])
     rep.add(f"Run page of the {args.points:,}-point run (`/runs/big`), ms after "
                f"`driver.get` was called, {len(loads)} loads (each after about:blank; load 1 "
                f"is the browser's first visit of this page):\n")
     rep.add(tbl(["moment", *[f"load {i + 1}" for i in range(len(loads))], "median"],
                        rows))
     fd = statistics.median(x["first_draw_ms"] for x in loads)
-    rep.add(f"\nTarget first chart ≤ {FIRST_CHART_TARGET_MS:.0f} ms (median): {fd:.0f} ms, "
-               f"{met(fd <= FIRST_CHART_TARGET_MS)}. The runs page listing {args.runs + 1:,} "
+    rep.add(f"\nTarget first chart ≤ {V.FIRST_CHART_TARGET_MS:.0f} ms (median): {fd:.0f} ms, "
+               f"{V.met(fd <= V.FIRST_CHART_TARGET_MS)}. The runs page listing {args.runs + 1:,} "
                f"runs showed its count {R['runs_page']['shown_ms']:,.0f} ms after "
                f"`driver.get` (its `/api/runs` answer was in at "
                f"{R['runs_page']['api_ms']:,.0f} ms).\n")
@@ -192,18 +162,18 @@ def report(rep: Report, args: Any, R: dict[str, Any], rss: list[tuple[str, int, 
                     ("data", "**in the chart's data** (after the page's handler)"),
                     ("draw", "drawn (uPlot draw hook)")):
         s = L[key]
-        rows.append([nm, ms(s["min"]), ms(s["p50"]), ms(s["p90"]), f"**{ms(s['p99'])}**"
-                     if key == "data" else ms(s["p99"]), ms(s["max"])])
+        rows.append([nm, V.ms(s["min"]), V.ms(s["p50"]), V.ms(s["p90"]), f"**{V.ms(s['p99'])}**"
+                     if key == "data" else V.ms(s["p99"]), V.ms(s["max"])])
     rep.add(f"Tracked → in an open run page, {L['n']:,} events at "
                f"{L['rate']:,.0f} events/s (client's own rate; largest catch-up burst "
                f"{L['client']['max_burst']} events) for {args.seconds:.0f} s, ms from the "
                f"client's time.time() before `track_this` to the page's Date.now():\n")
     rep.add(tbl(["moment", "min", "p50", "p90", "p99", "max"], rows))
     rep.add(
-        f"\nTarget p99 ≤ {LIVE_P99_TARGET_MS:.0f} ms (in the data): "
-        f"{met(L['data']['p99'] <= LIVE_P99_TARGET_MS)}. The page received {L['messages']} "
+        f"\nTarget p99 ≤ {V.LIVE_P99_TARGET_MS:.0f} ms (in the data): "
+        f"{V.met(L['data']['p99'] <= V.LIVE_P99_TARGET_MS)}. The page received {L['messages']} "
         f"messages (median {L['msg_kb_median']:.0f} KiB), its handler took "
-        f"{ms(L['handler_ms']['p50'])} ms median / {ms(L['handler_ms']['max'])} ms max; "
+        f"{V.ms(L['handler_ms']['p50'])} ms median / {V.ms(L['handler_ms']['max'])} ms max; "
         f"{L['draws']} draws; final data {L['steps_ok']} (steps 0..{L['n']:,} exactly), "
         f"steps never in the data {L['missing_data']}, never drawn {L['missing_draw']}. "
         f"Clocks: page Date.now() − Python time.time() = {L['clock_offset_ms']:+.1f} ms "
@@ -213,34 +183,34 @@ def report(rep: Report, args: Any, R: dict[str, Any], rss: list[tuple[str, int, 
     ing = R["ingest"]
     rows = []
     for i, x in enumerate(ing):
-        after = page_cell(x) if x["page"] else (
+        after = V.page_cell(x) if x["page"] else (
             f"{x['stream_mib']:.1f} MiB streamed, the last byte "
             f"{x['stream_done_after_flush_s']:+.1f} s"
             if x["mode"] == "stream" else "–")
-        rows.append([str(i // len(MODES) + 1), MODES[x["mode"]],
+        rows.append([str(i // len(V.MODES) + 1), V.MODES[x["mode"]],
                      f"{x['journal_eps']:,.0f}", f"{x['runlog_eps']:,.0f}",
                      f"{x['client_loop_s']:.2f}", f"{x['daemon_cpu_s']:.2f}",
                      f"{x['browser_cpu_s']:.2f}", after,
-                     f"{mb(x['rss_kb'][0])} / {mb(x['rss_kb'][1])}", str(x["lost"])])
+                     f"{V.mb(x['rss_kb'][0])} / {V.mb(x['rss_kb'][1])}", str(x["lost"])])
     rep.add(f"Ingest, {args.events:,} events from 2 clients (one run, steps `c0` and `c1`), "
                f"as fast as they can, then flush(); the browser running throughout; daemon and "
                f"browser CPU from the release to the run log caught up:\n")
     rep.add(tbl(["round", "browser on", "journal events/s", "run log events/s",
                         "slowest client loop s", "daemon CPU s", "browser CPU s",
                         "after the last flush", "daemon RSS / peak MB", "lost"], rows))
-    med = {m: statistics.median(x["journal_eps"] for x in ing if x["mode"] == m) for m in MODES}
-    medr = {m: statistics.median(x["runlog_eps"] for x in ing if x["mode"] == m) for m in MODES}
+    med = {m: statistics.median(x["journal_eps"] for x in ing if x["mode"] == m) for m in V.MODES}
+    medr = {m: statistics.median(x["runlog_eps"] for x in ing if x["mode"] == m) for m in V.MODES}
     ratio = med["page"] / med["none"]
     rep.add(f"\nMedian journal events/s: no page {med['none']:,.0f}, page open "
-               f"{med['page']:,.0f}: ratio **{ratio:.3f}** (target ≥ {INGEST_TARGET:.2f}: "
-               f"{met(ratio >= INGEST_TARGET)}); the stream alone (no browser) "
+               f"{med['page']:,.0f}: ratio **{ratio:.3f}** (target ≥ {V.INGEST_TARGET:.2f}: "
+               f"{V.met(ratio >= V.INGEST_TARGET)}); the stream alone (no browser) "
                f"{med['stream']:,.0f} ({med['stream'] / med['none']:.3f}). Run log: "
                f"{medr['none']:,.0f} / {medr['page']:,.0f} / {medr['stream']:,.0f} "
                f"({medr['page'] / medr['none']:.3f}, {medr['stream'] / medr['none']:.3f}).\n")
 
     rep.add("Daemon memory (the daemon process; no trackers configured), MB:\n")
     rep.add(tbl(["after", "VmRSS", "VmHWM (peak so far)"],
-                       [[w, mb(a), mb(b)] for w, a, b in rss]))
+                       [[w, V.mb(a), V.mb(b)] for w, a, b in rss]))
     notes = [f"daemon exit on SIGTERM: {R['daemon_exit']}"]
     if R.get("status_ui"):
         notes.append(f"status ui at the end: {R['status_ui']}")
@@ -262,15 +232,15 @@ def report(rep: Report, args: Any, R: dict[str, Any], rss: list[tuple[str, int, 
         x = R[key]
         rep.results.append(Result(name=f"API: {key}", unit="ms", n=args.requests,
                                   median=x["median"], p99=x["p99"],
-                                  ok=key == "run" or x["p99"] <= API_TARGET_MS))
+                                  ok=key == "run" or x["p99"] <= V.API_TARGET_MS))
     rep.results += [
         Result(name="first chart drawn", unit="ms", n=len(loads), median=fd,
-               ok=fd <= FIRST_CHART_TARGET_MS),
+               ok=fd <= V.FIRST_CHART_TARGET_MS),
         Result(name="live: tracked → in the chart's data", unit="ms", n=L["n"],
                median=L["data"]["p50"], p99=L["data"]["p99"],
-               ok=L["data"]["p99"] <= LIVE_P99_TARGET_MS),
+               ok=L["data"]["p99"] <= V.LIVE_P99_TARGET_MS),
         Result(name="ingest with a live page ÷ without", unit="ratio", n=args.rounds,
-               median=ratio, ok=ratio >= INGEST_TARGET)]
+               median=ratio, ok=ratio >= V.INGEST_TARGET)]
 
 
 if __name__ == "__main__":
