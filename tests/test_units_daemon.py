@@ -66,3 +66,39 @@ def test_op_kinds_are_their_strings_on_any_wire() -> None:
     assert msgspec.json.encode(list(OpKind)) == b'["events","step_end","records"]'
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(OpKind.STEP_END)) == "step_end"
     assert msgspec.json.decode(b'"records"', type=OpKind) is OpKind.RECORDS
+
+
+def test_recovery_cuts_damage_keeps_evidence_and_writes_back_intact_records(
+        tmp_path: Path) -> None:
+    import os
+
+    from magnusd import _records as records
+    from magnusd._reader import Position, Reader, segment_path
+    from magnusd._recovery import recover
+
+    good = b"".join(records.encode(s, b"p%d" % s, s) for s in (1, 2, 3))
+    after = b"".join(records.encode(s, b"p%d" % s, s) for s in (5, 6))
+    Path(segment_path(str(tmp_path), 1)).write_bytes(good + b"\xff" * 40 + after)
+    r = recover(str(tmp_path), (1,))
+    os.close(r.fd)
+    assert (r.last_seq, r.events, r.salvaged_records) == (6, 6, 2)
+    assert r.truncated_bytes == 40 + len(after)
+    assert r.end == Position(1, len(good) + len(after)) and r.size == r.end.offset
+    assert r.damaged_copy is not None and Path(r.damaged_copy).read_bytes().startswith(good)
+    assert [s for s, _, _ in Reader(str(tmp_path), 1).read()] == [1, 2, 3, 5, 6]
+
+
+def test_recovery_of_an_empty_last_segment_continues_the_previous_ones_numbering(
+        tmp_path: Path) -> None:
+    import os
+
+    from magnusd import _records as records
+    from magnusd._reader import segment_path
+    from magnusd._recovery import recover
+
+    Path(segment_path(str(tmp_path), 1)).write_bytes(records.encode(1, b"a", 4)
+                                                     + records.encode(2, b"b", 9))
+    Path(segment_path(str(tmp_path), 3)).write_bytes(b"")
+    r = recover(str(tmp_path), (1, 3))
+    os.close(r.fd)
+    assert (r.last_seq, r.events, r.truncated_bytes, r.damaged_copy) == (2, 9, 0, None)

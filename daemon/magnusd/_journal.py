@@ -5,13 +5,14 @@ it; the run-log store (and the trackers) are consumers that read the journal at 
 cursor. One `append` is one `write` for all the records of a socket read; fsync runs in a worker
 thread at most `fsync_interval` apart, or at once when a client's `flush()` asks for it.
 
-Recovery (`open`) validates the last segment. Damage there (a torn tail, a flipped bit, a zeroed
-length) is cut, but never blindly: a copy of the segment is kept in `journal/damaged/` as
-evidence, every intact record found after the damage is written back, and the next record is
-appended right after them. Sequence numbers are never reused, whatever recovery cut:
-`ensure_after` moves the next seq past what any consumer (run store, trackers) has seen. A
-damaged record in an older segment is skipped by readers, which resume at the next intact one.
-Segments wholly below every consumer's durable cursor are deleted (`retain`).
+Recovery (`open`, done by `_recovery.py`) validates the last segment. Damage there (a torn
+tail, a flipped bit, a zeroed length) is cut, but never blindly: a copy of the segment is kept
+in `journal/damaged/` as evidence, every intact record found after the damage is written back,
+and the next record is appended right after them. Sequence numbers are never reused, whatever
+recovery cut: `ensure_after` moves the next seq past what any consumer (run store, trackers) has
+seen. A damaged record in an older segment is skipped by readers (`_reader.py`), which resume
+at the next intact one. Segments wholly below every consumer's durable cursor are deleted
+(`retain`).
 """
 
 from __future__ import annotations
@@ -19,23 +20,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
 from . import _records as records
+from ._reader import SEGMENT_SUFFIX as SEGMENT_SUFFIX
+from ._reader import Position as Position
+from ._reader import Reader as Reader
+from ._reader import list_segments as list_segments
+from ._reader import segment_path
+from ._recovery import recover
 
 log = logging.getLogger("magnusd.journal")
-SEGMENT_SUFFIX = ".seg"
-
-
-@dataclass(frozen=True)
-class Position:
-    segment: int  # first seq of the segment
-    offset: int  # bytes written to it
 
 
 class Unwritable(Exception):
@@ -71,52 +69,19 @@ class Journal:
         self._written = anyio.Event()
 
     def path(self, first_seq: int) -> str:
-        return os.path.join(self.dir, f"{first_seq:020d}{SEGMENT_SUFFIX}")
+        return segment_path(self.dir, first_seq)
 
     # -- recovery ---------------------------------------------------------------------------
 
     def open(self) -> None:
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        self.segments = tuple(list_segments(self.dir))
-        if not self.segments:
-            self.segments = (1,)
-        first = self.segments[-1]
-        path = self.path(first)
-        data = records.read_file(path)
-        good, last, events = 0, first - 1, 0
-        for good, last, events, _ in records.scan(data):  # noqa: B007 - keep the last
-            pass
-        if good == 0 and len(self.segments) > 1:
-            events = self._events_at_end_of(self.segments[-2])
-        salvaged: list[tuple[int, int, bytes]] = []
-        if good < len(data):
-            salvaged = records.salvage(data, good, last)
-            self.truncated_bytes = len(data) - good
-            self.salvaged_records = len(salvaged)
-            self._keep_damaged(path)
-            log.warning("journal: %s was damaged at byte %d of %d; kept a copy in %s, wrote "
-                        "back %d intact record(s) found after the damage", path, good,
-                        len(data), self.damaged_copies[-1], len(salvaged))
-        del data
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-        os.ftruncate(self.fd, good)
-        if salvaged:
-            back = b"".join(records.encode(seq, p, mark) for seq, mark, p in salvaged)
-            records.write_all(self.fd, back)
-            good += len(back)
-            last, events = salvaged[-1][0], max(events, salvaged[-1][1])
-        os.fsync(self.fd)
-        self.size = good
-        self.last_seq = self.durable_seq = last
-        self.events = events
-        self.end = Position(first, good)
-
-    def _keep_damaged(self, path: str) -> None:
-        directory = os.path.join(self.dir, "damaged")
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        copy = os.path.join(directory, f"{os.path.basename(path)}.{time.time_ns()}")
-        shutil.copyfile(path, copy)
-        self.damaged_copies.append(copy)
+        self.segments = tuple(list_segments(self.dir)) or (1,)
+        r = recover(self.dir, self.segments)
+        self.fd, self.size, self.events, self.end = r.fd, r.size, r.events, r.end
+        self.last_seq = self.durable_seq = r.last_seq
+        self.truncated_bytes, self.salvaged_records = r.truncated_bytes, r.salvaged_records
+        if r.damaged_copy is not None:
+            self.damaged_copies.append(r.damaged_copy)
 
     def ensure_after(self, seq: int, events: int) -> None:
         """Never reuse a seq (or an event mark) a consumer has already passed: after a
@@ -126,12 +91,6 @@ class Journal:
                         "numbering continues after %d", self.last_seq, seq, seq)
             self.last_seq = self.durable_seq = seq
         self.events = max(self.events, events)
-
-    def _events_at_end_of(self, first_seq: int) -> int:
-        events = 0
-        for _, _, events, _ in records.scan(records.read_file(self.path(first_seq))):  # noqa: B007 - keep the last
-            pass
-        return events
 
     def close(self) -> None:
         for fd in self._retired:
@@ -300,75 +259,3 @@ def _fsync_all(fds: list[int], close: list[int]) -> None:
         os.fsync(fd)
     for fd in close:
         os.close(fd)
-
-
-def list_segments(directory: str) -> list[int]:
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    return sorted(int(n[: -len(SEGMENT_SUFFIX)]) for n in names
-                  if n.endswith(SEGMENT_SUFFIX) and n[: -len(SEGMENT_SUFFIX)].isdigit())
-
-
-class Reader:
-    """Reads the journal forward from a seq; safe in a worker thread while the loop appends.
-
-    Works on a journal that is open in this process (`journal`) or, read-only, on a directory
-    (for `magnusd show` with the daemon stopped or running).
-    """
-
-    def __init__(self, directory: str, next_seq: int, journal: Journal | None = None) -> None:
-        self.dir = directory
-        self.journal = journal
-        self.next_seq = next_seq
-        segs = self._segments()
-        below = [s for s in segs if s <= next_seq]
-        self.segment = below[-1] if below else (segs[0] if segs else next_seq)
-        self.offset = 0
-
-    def _segments(self) -> tuple[int, ...]:
-        return self.journal.segments if self.journal else tuple(list_segments(self.dir))
-
-    def read(self, max_bytes: int = 8 << 20) -> list[tuple[int, int, bytes]]:
-        """(seq, mark, payload) from next_seq on, up to about max_bytes; [] when caught up."""
-        out: list[tuple[int, int, bytes]] = []
-        got = 0
-        while got < max_bytes:
-            later = next((s for s in self._segments() if s > self.segment), None)
-            path = os.path.join(self.dir, f"{self.segment:020d}{SEGMENT_SUFFIX}")
-            active = self.journal is not None and self.journal.end.segment == self.segment
-            if self.journal is not None and active:
-                limit = self.journal.end.offset  # only what the writer has finished
-            else:
-                try:
-                    limit = os.stat(path).st_size
-                except FileNotFoundError:
-                    limit = 0
-            want = min(limit, self.offset + max(max_bytes - got, 2 << 20))
-            data = records.read_file(path, self.offset, want) if want > self.offset else b""
-            used = 0
-            for used, seq, mark, payload in records.scan(data):  # noqa: B007 - keep the last
-                if seq >= self.next_seq:
-                    out.append((seq, mark, payload))
-                    got += len(payload)
-                    self.next_seq = seq + 1
-            self.offset += used
-            if self.offset < limit:
-                if used:
-                    continue
-                if later is None or active:
-                    break  # a record still being written (read-only reader of a live journal)
-                rest = records.read_file(path, self.offset, limit)
-                skip = records.resync(rest, 0, self.next_seq - 1)
-                log.error("journal: damaged record in segment %d at offset %d; skipped %d bytes "
-                          "to the next intact record", self.segment, self.offset, skip)
-                if self.journal is not None:
-                    self.journal.skipped_bytes += skip
-                self.offset += skip
-                if self.offset < limit:
-                    continue
-            elif later is None or active:
-                break
-            self.segment, self.offset = later, 0
-        return out
