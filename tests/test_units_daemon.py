@@ -102,3 +102,21 @@ def test_recovery_of_an_empty_last_segment_continues_the_previous_ones_numbering
     r = recover(str(tmp_path), (1, 3))
     os.close(r.fd)
     assert (r.last_seq, r.events, r.truncated_bytes, r.damaged_copy) == (2, 9, 0, None)
+
+
+def test_the_checkpoint_reads_back_and_an_unreadable_one_counts_as_none(tmp_path: Path) -> None:
+    from magnusd._checkpoint import (
+        CHECKPOINT,
+        Checkpoint,
+        load_checkpoint,
+        read_checkpoint,
+        write_checkpoint,
+    )
+
+    assert load_checkpoint(str(tmp_path)) == Checkpoint(0)
+    write_checkpoint(str(tmp_path), 42, [{"attempt": "a"}])
+    assert load_checkpoint(str(tmp_path)) == Checkpoint(42, [{"attempt": "a"}])
+    assert read_checkpoint(str(tmp_path)) == 42
+    (tmp_path / CHECKPOINT).write_text('{"applied_seq": "x"}')
+    assert load_checkpoint(str(tmp_path), move_bad=True) == Checkpoint(0)
+    assert (tmp_path / (CHECKPOINT + ".bad")).exists() and not (tmp_path / CHECKPOINT).exists()

@@ -6,8 +6,9 @@ appends the record unchanged to `runs/<run>/log`, and notes new steps and step m
 whatever the size of the run, and the daemon's memory does not grow with history. The RunLog is
 assembled when it is read (`_runlog.py`).
 
-`runlog.checkpoint` holds the journal seq up to which every run file is fsynced, and the
-attempts open at that seq (`_attempts.py`); a restart replays the journal from there.
+`runlog.checkpoint` (`_checkpoint.py`) holds the journal seq up to which every run file is
+fsynced, and the attempts open at that seq (`_attempts.py`); a restart replays the journal from
+there.
 Replaying a record twice is harmless: the fold is "later value wins" over a suffix replayed in
 order, and attempt starts and ends are keyed by attempt id. A torn tail of a run file is
 truncated the first time the applier opens it after a start.
@@ -15,8 +16,6 @@ truncated the first time the applier opens it after a start.
 
 from __future__ import annotations
 
-import ctypes
-import json
 import logging
 import os
 import threading
@@ -32,13 +31,14 @@ from magnus import _protocol as proto
 from . import _records as records
 from . import _series
 from ._attempts import OpenAttempts
+from ._checkpoint import load_checkpoint, syncfs, write_checkpoint
+from ._checkpoint import read_checkpoint as read_checkpoint
 from ._journal import Journal, Reader
 from ._names import run_dirname as run_dirname
 from ._names import run_id_from_dirname as run_id_from_dirname
 
 log = logging.getLogger("magnusd.runstore")
 
-CHECKPOINT = "runlog.checkpoint"
 MAX_OPEN_FILES = 512
 MAX_SEEN_STEPS = 100_000
 CHECKPOINT_INTERVAL = 1.0
@@ -64,74 +64,6 @@ _mark_decoder = msgspec.msgpack.Decoder(proto.StepMark)
 _encoder = msgspec.msgpack.Encoder()
 
 
-def load_checkpoint(data_dir: str, move_bad: bool = False) -> dict[str, Any]:
-    """The checkpoint; an unreadable one counts as none (the retained journal is applied
-    again: harmless, later values win) and, with `move_bad`, is moved aside as `.bad`."""
-    path = os.path.join(data_dir, CHECKPOINT)
-    try:
-        with open(path, "rb") as f:
-            d = json.loads(f.read())
-        int(d["applied_seq"])
-        return dict(d)
-    except FileNotFoundError:
-        return {"applied_seq": 0}
-    except (ValueError, KeyError, TypeError) as e:
-        if move_bad:
-            log.error("runstore: %s is unreadable (%s); moved it to %s.bad and applying the "
-                      "retained journal again", path, e, path)
-            os.replace(path, path + ".bad")
-        return {"applied_seq": 0}
-
-
-def read_checkpoint(data_dir: str) -> int:
-    return int(load_checkpoint(data_dir)["applied_seq"])
-
-
-def write_checkpoint(data_dir: str, seq: int, open_attempts: list[Any] | None = None) -> None:
-    path = os.path.join(data_dir, CHECKPOINT)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "w") as f:
-        json.dump({"applied_seq": seq, "open_attempts": open_attempts or []}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(data_dir)
-
-
-def syncfs(path: str) -> None:
-    """Flush the file system holding `path` (syncfs(2)); os.sync where it is missing."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if _libc is None or _libc.syncfs(fd) != 0:
-            if _libc is not None:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err), path)
-            os.sync()
-    finally:
-        os.close(fd)
-
-
-def _load_libc() -> Any:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.syncfs.argtypes = [ctypes.c_int]
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-_libc = _load_libc()
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class RunStore:
     """Applies journal records to run files; runs in a worker thread, one batch at a time."""
 
@@ -140,8 +72,8 @@ class RunStore:
         self.runs_dir = os.path.join(data_dir, "runs")
         os.makedirs(self.runs_dir, mode=0o700, exist_ok=True)
         checkpoint = load_checkpoint(data_dir, move_bad=True)
-        self.applied_seq = int(checkpoint["applied_seq"])  # last seq written to run files
-        self.attempts = OpenAttempts.load(checkpoint.get("open_attempts"))
+        self.applied_seq = checkpoint.applied_seq  # last seq written to run files
+        self.attempts = OpenAttempts.load(checkpoint.open_attempts)
         self.durable_seq = self.applied_seq  # last seq covered by the checkpoint
         self.run_config = run_config or {"experiment_tracker": []}
         self._fds: OrderedDict[str, int] = OrderedDict()
