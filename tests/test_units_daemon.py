@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from magnus import _protocol as proto
 from magnusd._ingress import Dedup, Ingress, Taken
 from magnusd._journal import Journal
@@ -120,3 +122,23 @@ def test_the_checkpoint_reads_back_and_an_unreadable_one_counts_as_none(tmp_path
     (tmp_path / CHECKPOINT).write_text('{"applied_seq": "x"}')
     assert load_checkpoint(str(tmp_path), move_bad=True) == Checkpoint(0)
     assert (tmp_path / (CHECKPOINT + ".bad")).exists() and not (tmp_path / CHECKPOINT).exists()
+
+
+def test_every_command_the_parser_knows_has_an_implementation() -> None:
+    import argparse
+
+    from magnusd._cli import COMMANDS, parser
+
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(COMMANDS)
+    args = parser().parse_args(["show", "r1", "--plot", "loss", "--step-name", "train"])
+    assert (args.run_id, args.plot, args.step_name) == ("r1", "loss", "train")
+
+
+def test_status_without_a_daemon_exits_3_with_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from magnusd._cli import EXIT_NOT_RUNNING, main
+
+    assert main(["status", "--socket", str(tmp_path / "none.sock")]) == EXIT_NOT_RUNNING
+    err = capsys.readouterr().err
+    assert err.startswith("magnusd: magnusd is not running") and err.count("\n") == 1
