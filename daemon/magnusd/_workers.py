@@ -30,7 +30,6 @@ import anyio
 from . import _workerwire as wire
 from ._config import TrackerDef
 from ._fanout import Cursor, CursorStore
-from ._isolation import ISOLATE_AFTER as ISOLATE_AFTER
 from ._isolation import Isolation
 from ._journal import Journal
 from ._tracker import RunInfo
