@@ -21,7 +21,7 @@ import msgspec
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
-Cell = str | int | float | None
+Cell = str | bool | int | float | None
 
 
 class Machine(msgspec.Struct, frozen=True):
@@ -123,14 +123,16 @@ def new_report(name: str, title: str, intro: str = "") -> Report:
 
 
 def save(report: Report) -> Path:
-    """Write out/<name>.json, render it to out/<name>.md and print the Markdown."""
+    """Write out/<name>.json, render it to out/<name>.md and print the Markdown. A --quick run
+    (a smoke test, not figures) goes to out/quick/ instead, leaving full-size results alone."""
     from render import render
 
-    OUT_DIR.mkdir(exist_ok=True)
-    path = OUT_DIR / f"{report.name}.json"
+    out = OUT_DIR / "quick" if "--quick" in report.argv else OUT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{report.name}.json"
     path.write_bytes(msgspec.json.format(msgspec.json.encode(report)) + b"\n")
     text = render(report)
-    (OUT_DIR / f"{report.name}.md").write_text(text)
+    path.with_suffix(".md").write_text(text)
     print(text)
     print(f"(written to {path} and {path.with_suffix('.md')})", file=sys.stderr)
     return path
