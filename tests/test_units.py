@@ -100,8 +100,8 @@ def test_the_run_store_writes_logs_marks_and_series_and_the_fold_reads_them(
     from magnusd._runlog import load_run
 
     run = load_run(str(tmp_path), "r")
-    assert run is not None and run["status"] == "SUCCESS"
-    assert run["steps"]["s"]["user_defined_metrics"] == {
+    assert run is not None and run.status == "SUCCESS"
+    assert run.steps["s"].user_defined_metrics == {
         "loss_1": 1.0, "loss_2": 2.0, "loss_3": 3.0, "loss_4": 4.0, "loss_5": 5.0,
         "lr": 0.1, "note": "x"}
     assert store.take_touched() == {"r"} and store.take_touched() == set()
@@ -113,12 +113,12 @@ def test_the_fold_lets_a_process_own_end_win_over_the_daemons_verdict() -> None:
     dead = proto.StepMark("magnusd@h", 9, "r", "", "s", "end", 2.0, "FAIL", "a1", "h", 7,
                           end_reason="killed: SIGKILL (pid 7)")
     fold.add(dead)
-    assert fold.result()["steps"]["s"]["attempts"][0]["end_reason"].startswith("killed")
+    assert (fold.result().steps["s"].attempts[0].end_reason or "").startswith("killed")
     fold.add(mark(2, "end", "SUCCESS"))  # the spooled real end arrives later
-    attempt = fold.result()["steps"]["s"]["attempts"][0]
-    assert (attempt["status"], attempt["end_reason"]) == ("SUCCESS", None)
+    attempt = fold.result().steps["s"].attempts[0]
+    assert (attempt.status, attempt.end_reason) == ("SUCCESS", None)
     fold.add(dead)  # and a verdict after the real end changes nothing
-    assert fold.result()["status"] == "SUCCESS"
+    assert fold.result().status == "SUCCESS"
 
 
 def test_downsampling_keeps_every_bucket_s_extremes() -> None:

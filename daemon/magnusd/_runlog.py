@@ -17,6 +17,7 @@ import msgspec
 from magnus import _protocol as proto
 from magnus._fold import RunFold
 from magnus._fold import iso as _iso
+from magnus._runlog import RunLog
 
 from . import _records as records
 from ._journal import Reader
@@ -47,10 +48,7 @@ def _journal_tail(data_dir: str, run_id: str | None) -> list[tuple[int, bytes]]:
     return out
 
 
-_Fold = RunFold
-
-
-def _fold_file_then_tail(fold: _Fold, stored: list[tuple[int, bytes]],
+def _fold_file_then_tail(fold: RunFold, stored: list[tuple[int, bytes]],
                          tail: list[tuple[int, bytes]], decoder: Any) -> None:
     last = 0
     for seq, payload in stored:
@@ -72,7 +70,7 @@ def _stored(path: str) -> list[tuple[int, bytes]]:
     return [(seq, p) for _, seq, _, p in records.scan(records.read_file(path))]
 
 
-def load_run(data_dir: str, run_id: str, step0_only: bool = False) -> dict[str, Any] | None:
+def load_run(data_dir: str, run_id: str, step0_only: bool = False) -> RunLog | None:
     """The RunLog of `run_id`, or None when nothing of it was ever journaled (with
     `step0_only`, only the metrics tracked at step 0: the viewer reads series elsewhere)."""
     rdir = os.path.join(data_dir, "runs", run_dirname(run_id))
@@ -81,7 +79,7 @@ def load_run(data_dir: str, run_id: str, step0_only: bool = False) -> dict[str, 
     tail = _journal_tail(data_dir, run_id)
     if not index and not stored and not tail:
         return None
-    fold = _Fold(run_id, step0_only)
+    fold = RunFold(run_id, step0_only)
     for _, payload in index:
         msg = _index_decoder.decode(payload)
         if type(msg) is StepSeen:
@@ -92,7 +90,7 @@ def load_run(data_dir: str, run_id: str, step0_only: bool = False) -> dict[str, 
 
 def list_runs(data_dir: str, tag: str | None = None) -> list[dict[str, Any]]:
     """Summaries of every run (from the small index files and the journal tail)."""
-    folds: dict[str, _Fold] = {}
+    folds: dict[str, RunFold] = {}
     runs_dir = os.path.join(data_dir, "runs")
     try:
         names = sorted(os.listdir(runs_dir))
@@ -101,7 +99,7 @@ def list_runs(data_dir: str, tag: str | None = None) -> list[dict[str, Any]]:
     last: dict[str, int] = {}  # per run, the last seq its index holds
     for name in names:
         run_id = run_id_from_dirname(name)
-        fold = folds[run_id] = _Fold(run_id)
+        fold = folds[run_id] = RunFold(run_id)
         for seq, payload in _stored(os.path.join(runs_dir, name, "index")):
             msg = _index_decoder.decode(payload)
             fold.add(msg)
@@ -114,7 +112,7 @@ def list_runs(data_dir: str, tag: str | None = None) -> list[dict[str, Any]]:
         h = head_decoder.decode(payload)
         if seq <= last.get(h.run_id, 0):
             continue
-        fold = folds.get(h.run_id) or folds.setdefault(h.run_id, _Fold(h.run_id))
+        fold = folds.get(h.run_id) or folds.setdefault(h.run_id, RunFold(h.run_id))
         if type(h) is MarkHead:
             fold.add(_message_decoder.decode(payload))
         else:
@@ -124,10 +122,10 @@ def list_runs(data_dir: str, tag: str | None = None) -> list[dict[str, Any]]:
     out = []
     for fold in folds.values():
         r = fold.result()
-        if tag is not None and r["tag"] != tag:
+        if tag is not None and r.tag != tag:
             continue
-        out.append({"run_id": r["run_id"], "tag": r["tag"], "status": r["status"],
-                    "steps": sorted(r["steps"]),
+        out.append({"run_id": r.run_id, "tag": r.tag, "status": r.status,
+                    "steps": sorted(r.steps),
                     "updated": _iso(fold.updated) if fold.updated else None})
     out.sort(key=lambda r: r["updated"] or "")
     return out

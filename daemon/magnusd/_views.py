@@ -15,9 +15,14 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
+from magnus._fold import RunFold
+from magnus._runlog import RunLog
+
 from . import _series
 from ._names import run_dirname, run_id_from_dirname
-from ._runlog import _Fold, _index_decoder, _stored, load_run
+from ._runlog import _index_decoder, _stored, load_run
 from ._runstore import StepSeen
 
 DEFAULT_POINTS = 2000
@@ -31,7 +36,7 @@ def _ts(iso: str | None) -> float | None:
 def summarize(runs_dir: str, name: str) -> dict[str, Any]:
     """One run's line in the runs table (design §12)."""
     run_id = run_id_from_dirname(name)
-    fold = _Fold(run_id)
+    fold = RunFold(run_id)
     first_seen = None
     for _, payload in _stored(os.path.join(runs_dir, name, "index")):
         msg = _index_decoder.decode(payload)
@@ -42,14 +47,14 @@ def summarize(runs_dir: str, name: str) -> dict[str, Any]:
     with contextlib.suppress(FileNotFoundError):
         fold.updated = max(fold.updated, os.stat(os.path.join(runs_dir, name, "log")).st_mtime)
     r = fold.result()
-    attempts = [a for st in r["steps"].values() for a in st["attempts"]]
-    starts = [t for a in attempts if (t := _ts(a["start_time"])) is not None]
+    attempts = [a for st in r.steps.values() for a in st.attempts]
+    starts = [t for a in attempts if (t := _ts(a.start_time)) is not None]
     series = _series.listing(runs_dir, run_id)
-    return {"run_id": run_id, "tag": r["tag"], "status": r["status"],
-            "steps": sorted(r["steps"]),
+    return {"run_id": run_id, "tag": r.tag, "status": r.status,
+            "steps": sorted(r.steps),
             "started": min(starts) if starts else first_seen,
             "updated": fold.updated or None,
-            "hosts": sorted({a["host"] for a in attempts if a["host"]}),
+            "hosts": sorted({a.host for a in attempts if a.host}),
             "last_step": max((s["last_step"] for s in series if s["last_step"] is not None),
                              default=None)}
 
@@ -98,13 +103,19 @@ def _signature(path: str) -> float:
     return st.st_mtime_ns + st.st_size * 1e-3
 
 
-def run_view(data_dir: str, run_id: str) -> dict[str, Any] | None:
-    """The RunLog (step-0 metrics only) and the run's series (design §12)."""
+class RunView(RunLog):
+    """The viewer's run (design §12): the RunLog with step-0 metrics only, then its series
+    (`step_name`, `key`, `points`, `last_step`, `last_value` each)."""
+
+    series: list[dict[str, Any]]
+
+
+def run_view(data_dir: str, run_id: str) -> RunView | None:
     run = load_run(data_dir, run_id, step0_only=True)
     if run is None:
         return None
-    run["series"] = _series.listing(os.path.join(data_dir, "runs"), run_id)
-    return run
+    return RunView(**msgspec.structs.asdict(run),
+                   series=_series.listing(os.path.join(data_dir, "runs"), run_id))
 
 
 def series_view(data_dir: str, run_id: str, step_name: str, key: str,

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import _protocol as proto
+from ._runlog import Attempt, RunLog, State, StepLog
 
 
 def iso(ts: float) -> str:
@@ -17,7 +18,7 @@ def iso(ts: float) -> str:
 
 
 class RunFold:
-    """Folds run messages, in journal order, into the RunLog shape.
+    """Folds run messages, in journal order, into a `RunLog`.
 
     Attempts are matched by their id (older records without one: by step and client id). An
     end the daemon wrote for a dead process closes an open attempt only; the process's own end
@@ -29,16 +30,14 @@ class RunFold:
         self.step0_only = step0_only  # keep only the metrics tracked at step 0
         self.tag = ""
         self.run_config: dict[str, Any] = {"experiment_tracker": []}
-        self.steps: dict[str, dict[str, Any]] = {}
-        self.attempts: dict[tuple[str, str], dict[str, Any]] = {}  # (step, attempt id) → it
+        self.steps: dict[str, StepLog] = {}
+        self.attempts: dict[tuple[str, str], Attempt] = {}  # (step, attempt id) → it
         self.updated = 0.0
 
-    def step(self, name: str) -> dict[str, Any]:
+    def step(self, name: str) -> StepLog:
         st = self.steps.get(name)
         if st is None:
-            st = self.steps[name] = {"name": name, "status": "PROCESSING",
-                                     "user_defined_metrics": {}, "rank_metrics": {},
-                                     "attempts": []}
+            st = self.steps[name] = StepLog(name)
         return st
 
     def add(self, msg: Any) -> None:
@@ -47,9 +46,9 @@ class RunFold:
         st = self.step(msg.step_name)
         if type(msg) is proto.Batch:
             if msg.rank:
-                udm = st["rank_metrics"].setdefault(str(msg.rank), {})
+                udm = st.rank_metrics.setdefault(str(msg.rank), {})
             else:
-                udm = st["user_defined_metrics"]
+                udm = st.user_defined_metrics
             for step, ts, metrics in msg.rows():
                 if step == 0:
                     udm.update(metrics)
@@ -62,41 +61,40 @@ class RunFold:
         elif getattr(msg, "run_config", None):  # the daemon's index records
             self.run_config = dict(msg.run_config)
 
-    def mark(self, st: dict[str, Any], m: proto.StepMark) -> None:
+    def mark(self, st: StepLog, m: proto.StepMark) -> None:
         key = (m.step_name, m.attempt or m.client_id)
         by_daemon = m.client_id.split("@", 1)[0] == proto.DAEMON_CLIENT_ID
         att = self.attempts.get(key)
         if att is None:
             if by_daemon:
                 return  # nothing of that attempt here: nothing to close
-            att = self.attempts[key] = {
-                "start_time": None, "end_time": None, "status": "PROCESSING",
-                "host": m.host or None, "pid": m.pid or None, "rank": m.rank,
-                "end_reason": None}
-            st["attempts"].append(att)
+            att = self.attempts[key] = Attempt(host=m.host or None, pid=m.pid or None,
+                                               rank=m.rank)
+            st.attempts.append(att)
         self.updated = max(self.updated, m.ts)
         if m.kind == "start":
-            if att["start_time"] is None:  # a start seen again (a resend) changes nothing
-                att.update(start_time=iso(m.ts), host=m.host or None, pid=m.pid or None,
-                           rank=m.rank)
+            if att.start_time is None:  # a start seen again (a resend) changes nothing
+                att.start_time = iso(m.ts)
+                att.host, att.pid, att.rank = m.host or None, m.pid or None, m.rank
             return
-        if by_daemon and att["end_time"] is not None:
+        if by_daemon and att.end_time is not None:
             return  # the process ended it itself
-        if not by_daemon and att["end_time"] is not None and att["end_reason"] is None:
+        if not by_daemon and att.end_time is not None and att.end_reason is None:
             return  # already ended by the process
-        att.update(end_time=iso(m.ts), status=m.status or "SUCCESS",
-                   end_reason=m.end_reason if by_daemon else None)
+        att.end_time = iso(m.ts)
+        att.status = State.of_end(m.status)
+        att.end_reason = m.end_reason if by_daemon else None
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> RunLog:
         for st in self.steps.values():
-            states = {a["status"] for a in st["attempts"]}
+            states = {a.status for a in st.attempts}
             # A step with no attempt was only written by processes working inside another
             # process's attempt (forked children of a process that never tracked): none of
             # them is running a step of its own, so it is not left PROCESSING for ever.
-            st["status"] = ("FAIL" if "FAIL" in states else
-                            "PROCESSING" if "PROCESSING" in states else "SUCCESS")
-        states = {st["status"] for st in self.steps.values()}
-        status = ("FAIL" if "FAIL" in states else
-                  "PROCESSING" if "PROCESSING" in states or not states else "SUCCESS")
-        return {"run_id": self.run_id, "tag": self.tag, "status": status,
-                "run_config": self.run_config, "steps": self.steps}
+            st.status = (State.FAIL if State.FAIL in states else
+                         State.PROCESSING if State.PROCESSING in states else State.SUCCESS)
+        states = {st.status for st in self.steps.values()}
+        status = (State.FAIL if State.FAIL in states else
+                  State.PROCESSING if State.PROCESSING in states or not states else
+                  State.SUCCESS)
+        return RunLog(self.run_id, self.tag, status, self.run_config, self.steps)
