@@ -34,7 +34,8 @@ import pstats
 import subprocess
 import sys
 import time
-from typing import Any
+
+import msgspec
 
 import _common as C
 from _results import OUT_DIR, Result, Table, Text, cols, new_report, save
@@ -43,7 +44,40 @@ CLIENT = str(C.HERE / "_ingest_client.py")
 PROFILED_SERVE = str(C.HERE / "_profiled_serve.py")
 
 
-def one(nclients: int, total: int, profile: str, keep: bool) -> dict[str, Any]:
+class IngestCase(msgspec.Struct, kw_only=True):
+    """One client count: rates from the first event, the daemon's cost, and what was lost."""
+
+    clients: int
+    events: int
+    release_to_first_s: float
+    journal_s: float  # until the last client's flush() returned
+    runlog_s: float  # until the run store caught up with every event
+    journal_eps: float
+    runlog_eps: float
+    client_loop_s: float  # the slowest client's own loop
+    flush_ok: bool
+    events_total: int
+    messages: int
+    journal_bytes: int
+    duplicates_skipped: int | None
+    daemon_cpu_s: float
+    rss_kb: tuple[int, int]
+    lost: int
+    missing: list[str]
+    show_s: float
+    client_stderr: list[str]
+    daemon_exit: int
+    stop_s: float
+    daemon_log_problems: list[str]
+    profile: str = ""
+    profile_path: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.flush_ok
+
+
+def one(nclients: int, total: int, profile: str, keep: bool) -> IngestCase:
     per = total // nclients
     total = per * nclients
     root = C.short_tmpdir("mbi")
@@ -51,13 +85,11 @@ def one(nclients: int, total: int, profile: str, keep: bool) -> dict[str, Any]:
     cmd = None
     if profile:
         cmd = [C.PY, PROFILED_SERVE, *(["--wall"] if profile == "wall" else []), prof_path]
-    if profile:
         OUT_DIR.mkdir(exist_ok=True)
     d = C.Daemon(root, spool_dir=str(root / "spool"), command=cmd)
     tag = os.urandom(2).hex()
     run_ids = [f"bench-ingest-{tag}-{nclients}c-{k}" for k in range(nclients)]
     procs: list[subprocess.Popen[str]] = []
-    res: dict[str, Any] = {"clients": nclients, "events": total}
     try:
         d.start()
         assert d.proc is not None
@@ -69,39 +101,36 @@ def one(nclients: int, total: int, profile: str, keep: bool) -> dict[str, Any]:
         t_applied, st = d.wait_applied(base["events_total"] + total, timeout=300, every=0.01)
         cpu1 = C.cpu_seconds(d.proc.pid)
         outs = C.read_ready(procs)
-        res["client_stderr"] = [o["stderr"][:300] for o in outs if o["stderr"]]
-        t_first = min(o["t_first"] for o in outs)
-        t_flushed = max(o["t_flushed"] for o in outs)
-        res.update(
-            release_to_first_s=t_first - t_release,
-            journal_s=t_flushed - t_first,
-            runlog_s=t_applied - t_first,
-            client_loop_s=max(o["t_loop"] - o["t_first"] for o in outs),
-            flush_ok=all(o["flush_ok"] for o in outs),
-            events_total=st["events_total"] - base["events_total"],
-            messages=st["messages_total"] - base["messages_total"],
-            journal_bytes=st["journal"]["bytes"] - base["journal"]["bytes"],
-            duplicates_skipped=st.get("duplicates_skipped"),
-            daemon_cpu_s=cpu1 - cpu0,
-            rss_kb=d.rss_kb(),
-        )
-        res["journal_eps"] = total / res["journal_s"]
-        res["runlog_eps"] = total / res["runlog_s"]
+        rss = d.rss_kb()
         # Nothing lost: every run's step log holds loss, loss_1 .. loss_{per-1}.
-        lost, missing = 0, []
+        lost, missing = 0, list[str]()
         t0 = time.monotonic()
         for rid in run_ids:
             found, miss = C.metric_keys_ok(d.run_log(rid), "main", "loss", range(per))
             lost += per - found
             missing += miss[:2]
-        res.update(lost=lost, missing=missing[:5], show_s=time.monotonic() - t0)
+        show_s = time.monotonic() - t0
     finally:
         C.kill_all(procs)
-        res.update(d.finish(root, keep, timeout=120))
-    if profile:
-        res["profile"] = profile_text(prof_path)
-        res["profile_path"] = prof_path
-    return res
+        fin = d.finish(root, keep, timeout=120)
+    t_first = min(o["t_first"] for o in outs)
+    t_flushed = max(o["t_flushed"] for o in outs)
+    return IngestCase(
+        clients=nclients, events=total, release_to_first_s=t_first - t_release,
+        journal_s=t_flushed - t_first, runlog_s=t_applied - t_first,
+        journal_eps=total / (t_flushed - t_first), runlog_eps=total / (t_applied - t_first),
+        client_loop_s=max(o["t_loop"] - o["t_first"] for o in outs),
+        flush_ok=all(o["flush_ok"] for o in outs),
+        events_total=st["events_total"] - base["events_total"],
+        messages=st["messages_total"] - base["messages_total"],
+        journal_bytes=st["journal"]["bytes"] - base["journal"]["bytes"],
+        duplicates_skipped=st.get("duplicates_skipped"), daemon_cpu_s=cpu1 - cpu0, rss_kb=rss,
+        lost=lost, missing=missing[:5], show_s=show_s,
+        client_stderr=[o["stderr"][:300] for o in outs if o["stderr"]],
+        daemon_exit=fin["daemon_exit"], stop_s=fin["stop_s"],
+        daemon_log_problems=fin["daemon_log_problems"],
+        profile=profile_text(prof_path) if profile else "",
+        profile_path=prof_path if profile else "")
 
 
 def profile_text(path: str, top: int = 25) -> str:
@@ -146,38 +175,39 @@ def main() -> int:
         "time, the clients (sharing 2 CPUs with the daemon), not the daemon, set the rate; "
         "'events per daemon CPU s' is then the daemon's own capacity (daemon CPU counted from "
         "release to run log caught up)."))
-    ok = [r["lost"] == 0 and r["flush_ok"] for r in results]
+    ok = [r.ok for r in results]
     for r, good in zip(results, ok, strict=True):
-        rep.results += [Result(name=f"{r['clients']} client(s): {what}", unit="events/s",
-                               median=r[key], n=r["events"], ok=good)
-                        for what, key in (("journal", "journal_eps"), ("run log", "runlog_eps"))]
+        rep.results += [Result(name=f"{r.clients} client(s): {what}", unit="events/s",
+                               median=eps, n=r.events, ok=good)
+                        for what, eps in (("journal", r.journal_eps), ("run log", r.runlog_eps))]
     rep.blocks.append(Table(columns=cols(
         "clients", "events", ("journal s", ".2f"), ("journal events/s", "*,.0f"),
         ("run log s", ".2f"), ("run log events/s", "*,.0f"), ("slowest client loop s", ".2f"),
         ("daemon CPU s", ".2f"), ("events per daemon CPU s", ",.0f"), "events_total Δ",
         "messages", ("daemon RSS MB", ".0f"), ("peak MB", ".0f"), "lost", "check"), rows=[
-        [r["clients"], r["events"], r["journal_s"], r["journal_eps"], r["runlog_s"],
-         r["runlog_eps"], r["client_loop_s"], r["daemon_cpu_s"], r["events"] / r["daemon_cpu_s"],
-         r["events_total"], r["messages"], r["rss_kb"][0] / 1024, r["rss_kb"][1] / 1024,
-         r["lost"], "OK" if good else "FAIL"] for r, good in zip(results, ok, strict=True)]))
+        [r.clients, r.events, r.journal_s, r.journal_eps, r.runlog_s,
+         r.runlog_eps, r.client_loop_s, r.daemon_cpu_s, r.events / r.daemon_cpu_s,
+         r.events_total, r.messages, r.rss_kb[0] / 1024, r.rss_kb[1] / 1024,
+         r.lost, "OK" if good else "FAIL"] for r, good in zip(results, ok, strict=True)]))
     for r in results:
-        pre = f"{r['clients']} client(s)"
-        if r["daemon_log_problems"]:
-            rep.notes.append(f"{pre}: daemon log: " + " / ".join(r["daemon_log_problems"][:5]))
-        if r["client_stderr"]:
-            rep.notes.append(f"{pre}: client stderr: " + " / ".join(r["client_stderr"][:3]))
-        if r["daemon_exit"] != 0:
-            rep.notes.append(f"{pre}: daemon exited {r['daemon_exit']} on SIGTERM")
-        if r["missing"]:
-            rep.notes.append(f"{pre}: missing e.g. {r['missing']}")
-        rep.notes.append(f"{pre}: journal {r['journal_bytes'] / r['events']:.1f} bytes/event; "
-                         f"release→first event {r['release_to_first_s'] * 1000:.0f} ms; "
-                         f"`show` of all runs {r['show_s']:.1f} s; duplicates skipped "
-                         f"{r['duplicates_skipped']}; SIGTERM→daemon exit {r['stop_s']:.1f} s")
+        pre = f"{r.clients} client(s)"
+        if r.daemon_log_problems:
+            rep.notes.append(f"{pre}: daemon log: " + " / ".join(r.daemon_log_problems[:5]))
+        if r.client_stderr:
+            rep.notes.append(f"{pre}: client stderr: " + " / ".join(r.client_stderr[:3]))
+        if r.daemon_exit != 0:
+            rep.notes.append(f"{pre}: daemon exited {r.daemon_exit} on SIGTERM")
+        if r.missing:
+            rep.notes.append(f"{pre}: missing e.g. {r.missing}")
+        rep.notes.append(f"{pre}: journal {r.journal_bytes / r.events:.1f} bytes/event; "
+                         f"release→first event {r.release_to_first_s * 1000:.0f} ms; "
+                         f"`show` of all runs {r.show_s:.1f} s; duplicates skipped "
+                         f"{r.duplicates_skipped}; SIGTERM→daemon exit {r.stop_s:.1f} s")
         if args.profile:
             rep.blocks.append(Text(f"## daemon profile ({args.profile} time), {pre} "
-                                   f"({r['profile_path']})\n\n{r['profile']}"))
+                                   f"({r.profile_path})\n\n{r.profile}"))
     rep.ok = all(ok)
+    rep.data = results
     rep.seconds = time.monotonic() - t_start
     save(rep)
     return 0 if rep.ok else 1
