@@ -38,6 +38,7 @@ from ._dedup import MAX_CLIENTS_REMEMBERED as MAX_CLIENTS_REMEMBERED
 from ._dedup import Dedup as Dedup
 from ._journal import Journal, Unwritable
 from ._peer import Peer, peer_of
+from ._status import IngressStats
 
 log = logging.getLogger("magnusd.ingress")
 
@@ -76,9 +77,9 @@ class Ingress:
         self._connections: set[anyio.CancelScope] = set()
         journal.on_fsync_failure.append(self.drop_all)
 
-    def stats(self) -> dict[str, int]:
-        return {"events_total": self.events_total, "clients": self.clients,
-                "messages_total": self.messages_total, "refused_clients": self.refused_total}
+    def stats(self) -> IngressStats:
+        return IngressStats(self.events_total, self.clients, self.messages_total,
+                            self.refused_total)
 
     def take(self, payloads: list[bytes], hello: proto.Hello | None) -> Taken:
         """Decode a connection's read and journal what changes state.

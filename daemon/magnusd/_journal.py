@@ -32,6 +32,7 @@ from ._reader import Reader as Reader
 from ._reader import list_segments as list_segments
 from ._reader import segment_path
 from ._recovery import recover
+from ._status import JournalRecovery, JournalStatus
 
 log = logging.getLogger("magnusd.journal")
 
@@ -232,14 +233,14 @@ class Journal:
         self.segments = segs
         return removed
 
-    def stats(self) -> dict[str, Any]:
-        return {"last_seq": self.last_seq, "durable_seq": self.durable_seq,
-                "segments": len(self.segments), "bytes": self.disk_bytes(),
-                "error": self.error, "fsync_failures": self.fsync_failures,
-                "skipped_bytes": self.skipped_bytes,
-                "recovery": {"truncated_bytes": self.truncated_bytes,
-                             "salvaged_records": self.salvaged_records,
-                             "damaged_copies": self.damaged_copies}}
+    def stats(self) -> JournalStatus:
+        """The journal's part of `status` (the daemon fills in the cap's fields)."""
+        return JournalStatus(
+            last_seq=self.last_seq, durable_seq=self.durable_seq, segments=len(self.segments),
+            bytes=self.disk_bytes(), error=self.error, fsync_failures=self.fsync_failures,
+            skipped_bytes=self.skipped_bytes,
+            recovery=JournalRecovery(self.truncated_bytes, self.salvaged_records,
+                                     list(self.damaged_copies)))
 
     def disk_bytes(self) -> int:
         total = 0

@@ -21,7 +21,6 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
 
 import anyio
 import msgspec
@@ -36,6 +35,7 @@ from ._checkpoint import read_checkpoint as read_checkpoint
 from ._journal import Journal, Reader
 from ._names import run_dirname as run_dirname
 from ._names import run_id_from_dirname as run_id_from_dirname
+from ._status import RunStoreStatus
 
 log = logging.getLogger("magnusd.runstore")
 
@@ -93,9 +93,8 @@ class RunStore:
             touched, self._touched = self._touched, set()
         return touched
 
-    def stats(self) -> dict[str, Any]:
-        return {"applied_seq": self.applied_seq, "checkpoint_seq": self.durable_seq,
-                "error": self.error}
+    def stats(self) -> RunStoreStatus:
+        return RunStoreStatus(self.applied_seq, self.durable_seq, self.error)
 
     def set_run_config(self, run_config: dict[str, object]) -> None:
         """New tracker definitions: recorded again for every run that gets events after this."""

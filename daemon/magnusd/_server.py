@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import anyio
+import msgspec
 from anyio.abc import SocketListener
 
 from magnus import _protocol as proto
@@ -32,6 +33,7 @@ from ._journal import Journal, Reader
 from ._runstore import RunStore
 from ._settings import Settings
 from ._sources import Sources
+from ._status import AttemptsStatus, ConfigStatus, RunStoreStatus, Status
 from ._systemd import Notifier, early_signals, listen_fds
 from ._tracker import RunInfo
 from ._trackers import Trackers
@@ -130,8 +132,8 @@ class Daemon:
         self.journal = Journal(settings.journal_dir, settings.segment_bytes,
                                settings.fsync_interval)
         self.dedup = Dedup()
-        self.ingress = Ingress(self.journal, self.dedup, set(settings.allowed_uids), self.status,
-                               self.context)
+        self.ingress = Ingress(self.journal, self.dedup, set(settings.allowed_uids),
+                               self.status_body, self.context)
         self.trackers = Trackers(self.journal, settings.data_dir, settings.config, environ)
         self.store: RunStore | None = None
         self.reaper: Reaper | None = None
@@ -153,41 +155,47 @@ class Daemon:
 
     # -- status -----------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """Assembled from each service's own statistics (design §6)."""
+    def status(self) -> Status:
+        """Assembled from each service's own part (design §6)."""
         s = self.settings
         store = self.store
-        return {
-            "pid": os.getpid(),
-            "uptime_s": round(time.time() - self.started, 3),
-            **self.ingress.stats(),
-            "config": {"path": s.config, "loaded_at": self.trackers.loaded_at,
-                       "error": self.trackers.error},
-            "trackers": self.trackers.status(),
-            "sources": self.sources.status(),
-            "socket": self.socket_path,
-            "socket_activated": self.activated,
-            "data_dir": s.data_dir,
-            "journal": self.journal.stats() | {
-                "max_bytes": s.journal_max_bytes, "cap_hit": self.cap_hit,
-                "cap_deleted_segments": self.cap_deleted_segments},
-            "runlog": store.stats() if store else {},
-            "attempts": {"open": len(store.attempts.open) if store else 0,
-                         "closed_dead": self.reaper.closed_total if self.reaper else 0},
-            "duplicates_skipped": self.dedup.skipped,
-            "accept_errors": self.accept_errors,
-            "ui": self.viewer.status(),
-            **self.storage(),
-        }
+        ingress = self.ingress.stats()
+        errors = self.storage_errors()
+        return Status(
+            pid=os.getpid(),
+            uptime_s=round(time.time() - self.started, 3),
+            events_total=ingress.events_total, clients=ingress.clients,
+            messages_total=ingress.messages_total, refused_clients=ingress.refused_clients,
+            config=ConfigStatus(s.config, self.trackers.loaded_at, self.trackers.error),
+            trackers=self.trackers.status(),
+            sources=self.sources.status(),
+            socket=self.socket_path,
+            socket_activated=self.activated,
+            data_dir=s.data_dir,
+            journal=msgspec.structs.replace(
+                self.journal.stats(), max_bytes=s.journal_max_bytes, cap_hit=self.cap_hit,
+                cap_deleted_segments=self.cap_deleted_segments),
+            runlog=store.stats() if store else RunStoreStatus(0, 0, None),
+            attempts=AttemptsStatus(len(store.attempts.open) if store else 0,
+                                    self.reaper.closed_total if self.reaper else 0),
+            duplicates_skipped=self.dedup.skipped,
+            accept_errors=self.accept_errors,
+            ui=self.viewer.status(),
+            disk_full=any("No space left" in e or "quota" in e for e in errors),
+            storage_errors=errors,
+        )
 
-    def storage(self) -> dict[str, Any]:
-        """Whether the daemon can write: while it cannot, nothing is acknowledged."""
+    def status_body(self) -> dict[str, Any]:
+        """The status as the socket's `StatusReply` carries it."""
+        return msgspec.to_builtins(self.status())  # type: ignore[no-any-return]
+
+    def storage_errors(self) -> list[str]:
+        """Why the daemon cannot write, if it cannot: then nothing is acknowledged."""
         store = self.store
         errors = [e for e in (self.journal.error, store.error if store else None) if e]
         errors += [f"cannot save the cursor of tracker {n!r}"
                    for n in sorted(self.trackers.cursors.failing)]
-        full = any("No space left" in e or "quota" in e for e in errors)
-        return {"disk_full": full, "storage_errors": errors}
+        return errors
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -359,11 +367,11 @@ class Daemon:
         t0, e0 = self._rate
         self._rate = (now, events)
         rate = (events - e0) / (now - t0) if now > t0 else 0.0
-        trackers = ", ".join(f"{t['name']} {t['state']}"
-                             + (f" ({t['pending']} pending)" if t["pending"] else "")
+        trackers = ", ".join(f"{t.name} {t.state}" + (f" ({t.pending} pending)" if t.pending
+                                                      else "")
                              for t in self.trackers.status()) or "no trackers"
         reload = "config error" if self.trackers.error else "config ok"
-        storage = self.storage()["storage_errors"]
+        storage = self.storage_errors()
         trouble = f"STORAGE: {storage[0]}; " if storage else ""
         return (f"{trouble}{rate:,.0f} events/s, {self.ingress.clients} client(s); {trackers}; "
                 f"{reload}")

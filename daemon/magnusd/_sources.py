@@ -20,6 +20,7 @@ import msgspec
 
 from ._ingress import Ingress
 from ._journal import Journal, Unwritable
+from ._status import SourceState, SourceStatus
 from .trackers.nats import NatsConnection
 
 log = logging.getLogger("magnusd.sources")
@@ -73,10 +74,10 @@ class Source:
         self.lag: int | None = None
         self.scope = anyio.CancelScope()
 
-    def status(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.defn.type, "state": self.state, "lag": self.lag,
-                "received": self.received, "journaled": self.journaled,
-                "refused": self.refused, "errors": self.errors, "last_error": self.last_error}
+    def status(self) -> SourceStatus:
+        return SourceStatus(self.name, self.defn.type, SourceState(self.state), self.lag,
+                            self.received, self.journaled, self.refused, self.errors,
+                            self.last_error)
 
     async def run(self) -> None:
         backoff = BACKOFF_MIN
@@ -157,7 +158,7 @@ class Sources:
         self.running: dict[str, Source] = {}
         self._tg: anyio.abc.TaskGroup | None = None
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self) -> list[SourceStatus]:
         return [s.status() for s in self.running.values()]
 
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:

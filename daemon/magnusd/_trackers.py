@@ -28,6 +28,7 @@ from . import _workerwire as wire
 from ._config import Config, ConfigError, TrackerDef
 from ._fanout import Cursor, CursorStore, start_cursor
 from ._journal import Journal
+from ._status import TrackerStatus
 from ._tracker import BaseExperimentTracker
 from ._workerproc import Spawner, Worker
 from ._workers import Runner
@@ -97,7 +98,7 @@ class Trackers:
         self.on_change: list[Any] = []  # callbacks(definitions) after a successful load
         self.on_sources: list[Any] = []  # callbacks(source definitions), likewise
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self) -> list[TrackerStatus]:
         return [r.status() for r in self.runners.values()]
 
     def min_cursor(self) -> int | None:
@@ -273,7 +274,7 @@ class Trackers:
         """At shutdown: let trackers deliver what is pending (bounded; a tracker whose call
         has hung for STUCK_S is not waited for), then stop them."""
         with anyio.move_on_after(seconds):
-            while any(r.status()["pending"] and r.state == "running"  # noqa: ASYNC110 - polls
+            while any(r.status().pending and r.state == "running"  # noqa: ASYNC110 - polls
                       and not r.stuck(STUCK_S)                        # several runners' state
                       for r in self.runners.values()):
                 await anyio.sleep(0.05)

@@ -32,6 +32,7 @@ from . import _views
 from ._journal import Journal, Reader
 from ._series import downsample as _series_downsample
 from ._settings import Settings
+from ._status import UiStatus
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # starlette loads with the viewer only
@@ -83,8 +84,8 @@ class Viewer:
         self.streams = 0
         self.allowed_hosts: set[str] = set()
 
-    def status(self) -> dict[str, Any]:
-        return {"url": self.url, "error": self.error, "live_streams": self.streams}
+    def status(self) -> UiStatus:
+        return UiStatus(self.url, self.error, self.streams)
 
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         listen = self.settings.ui_listen

@@ -32,6 +32,7 @@ from ._config import TrackerDef
 from ._fanout import Cursor, CursorStore
 from ._isolation import Isolation
 from ._journal import Journal
+from ._status import TrackerState, TrackerStatus
 from ._tracker import RunInfo
 from ._workerproc import Worker, describe_exit, spawn
 
@@ -95,17 +96,18 @@ class Runner:
         self._asks: dict[int, _Ask] = {}
         self._ask_id = 0
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> TrackerStatus:
         flight = self.in_flight
-        return {"name": self.name, "type": self.defn.type, "state": self.state,
-                "pending": max(self.journal.events - self.cursor.mark, 0),
-                "delivered": self.delivered, "errors": self.errors,
-                "last_error": self.last_error, "cursor": self.cursor.seq,
-                "caught_up": self.cursor.seq >= self.journal.last_seq,
-                "restarts": self.restarts, "dead_lettered": self.dead_lettered,
-                "in_flight_s": round(time.monotonic() - flight.since, 3) if flight else None,
-                "pid": self.worker.pid if self.worker else None,
-                "rss_mb": round(self.rss_mb, 1) if self.worker else None}
+        return TrackerStatus(
+            name=self.name, type=self.defn.type, state=TrackerState(self.state),
+            pending=max(self.journal.events - self.cursor.mark, 0),
+            delivered=self.delivered, errors=self.errors,
+            last_error=self.last_error, cursor=self.cursor.seq,
+            caught_up=self.cursor.seq >= self.journal.last_seq,
+            restarts=self.restarts, dead_lettered=self.dead_lettered,
+            in_flight_s=round(time.monotonic() - flight.since, 3) if flight else None,
+            pid=self.worker.pid if self.worker else None,
+            rss_mb=round(self.rss_mb, 1) if self.worker else None)
 
     def stuck(self, seconds: float) -> bool:
         return self.in_flight is not None and time.monotonic() - self.in_flight.since > seconds
