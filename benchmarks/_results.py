@@ -158,3 +158,7 @@ class Stats(msgspec.Struct, frozen=True):
     @classmethod
     def of(cls, d: object) -> Stats:
         return msgspec.convert(d, cls)
+
+    def q(self, name: str) -> float:
+        """A field by its JSON name: "p50", "p99.9", "max", ..."""
+        return float(getattr(self, {"p99.9": "p999", "p99.99": "p9999"}.get(name, name)))

@@ -30,8 +30,6 @@ rendered to .md (render.py).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,10 +38,8 @@ from typing import Any
 import _common as C
 from _baseline import extract_sdk, worktree_state
 from _results import Report, Result, Table, Text, cols, new_report, save
-from _values_client import expected, plain_ok
+from _values_cases import ValuesCase, run_case
 
-CLIENT = str(C.HERE / "_values_client.py")
-REPO = C.REPO
 LABELS = {"float": "plain `float`", "f64": "`np.float64` scalar", "f32": "`np.float32` scalar",
           "i64": "`np.int64` scalar", "arr16": "numpy array, 16 × float32",
           "torch": "0-d torch tensor (float32)"}
@@ -51,72 +47,13 @@ SLOW = ("f64", "f32", "i64", "arr16", "torch")
 med = C.med
 
 
-def verify_run(d: C.Daemon, run_id: str, kind: str, n: int) -> dict[str, Any]:
-    t0 = time.monotonic()
-    run = d.run_log(run_id)
-    show_s = time.monotonic() - t0
-    m = run.get("steps", {}).get("main", {}).get("user_defined_metrics", {})
-    found = 0
-    missing: list[str] = []
-    bad: list[str] = []
-    for i in range(n + 1):
-        name = "loss" if i == 0 else f"loss_{i}"
-        if name not in m:
-            if len(missing) < 5:
-                missing.append(name)
-            continue
-        found += 1
-        if not plain_ok(kind, m[name], expected(kind, i)) and len(bad) < 5:
-            bad.append(f"{name}={m[name]!r}")
-    sample = {k: m[k] for k in ("loss_1", f"loss_{n}") if k in m}
-    return {"found": found, "expected": n + 1, "missing": missing, "bad_values": bad,
-            "sample": json.dumps(sample, separators=(",", ":")), "show_s": show_s,
-            "status": run.get("status"),
-            "attempts": len(run.get("steps", {}).get("main", {}).get("attempts", []))}
-
-
-def run_case(d: C.Daemon, cspool: str, kind: str, sdk: str, n: int, rnd: int,
-             sdk_dirs: dict[str, Path | None]) -> dict[str, Any]:
-    run_id = f"bench-{kind}-{sdk}-{rnd}-{os.urandom(3).hex()}"
-    env = C.clean_env(MAGNUS_SOCKET=d.sock, MAGNUS_DATA_DIR=str(d.data),
-                      MAGNUS_CONFIG=str(d.config), MAGNUS_SPOOL_DIR=cspool, MAGNUS_RUN_ID=run_id)
-    env.pop("PYTHONPATH", None)
-    extracted = sdk_dirs[sdk]
-    if extracted is not None:  # a `git archive` copy, imported ahead of the editable install
-        env["PYTHONPATH"] = str(extracted)
-        where = extracted / "magnus"
-    else:
-        where = REPO / "sdk" / "magnus"
-    before = d.status()["events_total"]
-    load = os.getloadavg()[0]
-    print(f"round {rnd}: {kind} / {sdk}: {n:,} calls ...", file=sys.stderr)
-    res = C.client_json([C.PY, CLIENT, kind, str(n), str(where)], env, timeout=900)
-    err = res.pop("stderr")
-    res.update(sdk=sdk, round=rnd, n=n, load=load,
-               stderr=[ln for ln in err.splitlines() if not ln.startswith("magnus imported")])
-    _, st = d.wait_applied(before + n + 1)
-    res["events"] = st["events_total"] - before
-    res["verify"] = verify_run(d, run_id, kind, n)
-    res["spool_files"] = len(list(Path(cspool).glob("*"))) if os.path.isdir(cspool) else 0
-    v = res["verify"]
-    res["ok"] = (v["found"] == v["expected"] and not v["bad_values"] and res["flush_ok"]
-                 and not res.get("dropped") and res["spool_files"] == 0
-                 and v["status"] == "SUCCESS")
-    c = res["calls"]
-    print(f"  median {c['p50'] / 1e3:.3f} µs, p99 {c['p99'] / 1e3:.3f} µs, "
-          f"p99.9 {c['p99.9'] / 1e3:.3f} µs; "
-          f"run log {v['found']:,}/{v['expected']:,} {'OK' if res['ok'] else 'FAIL'}",
-          file=sys.stderr)
-    return res
-
-
-def report(rep: Report, results: list[dict[str, Any]], baseline: str) -> None:
-    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+def report(rep: Report, results: list[ValuesCase], baseline: str) -> None:
+    by: dict[tuple[str, str], list[ValuesCase]] = {}
     for r in results:
-        by.setdefault((r["kind"], r["sdk"]), []).append(r)
+        by.setdefault((r.kind, r.sdk), []).append(r)
     ref = by.get(("float", "current"))
-    ref_med = med([r["calls"]["p50"] for r in ref]) if ref else float("nan")
-    base = {q: med([r["calls"][q] for r in by.get(("float", "baseline"), [])])
+    ref_med = med([r.calls.q("p50") for r in ref]) if ref else float("nan")
+    base = {q: med([r.calls.q(q) for r in by.get(("float", "baseline"), [])])
             for q in ("p50", "p99", "p99.9")}
     rows: list[list[Any]] = []
     for kind, sdk in [("float", "baseline"), ("float", "current")] + [(k, "current")
@@ -124,21 +61,21 @@ def report(rep: Report, results: list[dict[str, Any]], baseline: str) -> None:
         rs = by.get((kind, sdk))
         if not rs:
             continue
-        rows += [[f"{LABELS[kind]}, {sdk}", r["round"], r["calls"]["n"],
-                  *(r["calls"][q] / 1e3 for q in ("p50", "p99", "p99.9", "max", "mean")),
-                  r["timer"]["p50"] / 1e3, r["load"], None] for r in rs]
-        m = {q: med([r["calls"][q] for r in rs]) for q in ("p50", "p99", "p99.9", "mean")}
-        rows.append([f"**{LABELS[kind]}, {sdk}**", "all", sum(r["calls"]["n"] for r in rs),
+        rows += [[f"{LABELS[kind]}, {sdk}", r.round, r.calls.n,
+                  *(r.calls.q(q) / 1e3 for q in ("p50", "p99", "p99.9", "max", "mean")),
+                  r.timer.q("p50") / 1e3, r.load, None] for r in rs]
+        m = {q: med([r.calls.q(q) for r in rs]) for q in ("p50", "p99", "p99.9", "mean")}
+        rows.append([f"**{LABELS[kind]}, {sdk}**", "all", sum(r.calls.n for r in rs),
                      m["p50"] / 1e3, m["p99"] / 1e3, m["p99.9"] / 1e3,
-                     max(r["calls"]["max"] for r in rs) / 1e3, m["mean"] / 1e3,
-                     med([r["timer"]["p50"] for r in rs]) / 1e3, None, m["p50"] / ref_med])
+                     max(r.calls.q("max") for r in rs) / 1e3, m["mean"] / 1e3,
+                     med([r.timer.q("p50") for r in rs]) / 1e3, None, m["p50"] / ref_med])
         ratio = m["p50"] / base["p50"] if kind == "float" and sdk == "current" else None
         rep.results.append(Result(name=f"{LABELS[kind]}, {sdk}", unit="µs", median=m["p50"] / 1e3,
                                   p99=m["p99"] / 1e3, p999=m["p99.9"] / 1e3,
-                                  n=sum(r["calls"]["n"] for r in rs), ratio=ratio,
+                                  n=sum(r.calls.n for r in rs), ratio=ratio,
                                   peer=f"baseline {baseline}" if ratio else "",
-                                  load=med([r["load"] for r in rs]),
-                                  ok=all(r["ok"] for r in rs)))
+                                  load=med([r.load for r in rs]),
+                                  ok=all(r.ok for r in rs)))
     us = ".3f"
     rep.blocks.append(Table(columns=cols(
         "case", "round", "calls", ("median", us), ("p99", us), ("p99.9", us), ("max", us),
@@ -153,9 +90,9 @@ def report(rep: Report, results: list[dict[str, Any]], baseline: str) -> None:
                 "round", ("median ratio", "*.3f"), ("p99 ratio", ".3f"), ("p99.9 ratio", ".3f"),
                 ("mean ratio", ".3f"), "main thread CPU s (b / c)", "flusher CPU s (b / c)",
                 "loop wall s (b / c)"), rows=[
-                [x["round"], *(y["calls"][q] / x["calls"][q]
+                [x.round, *(y.calls.q(q) / x.calls.q(q)
                                for q in ("p50", "p99", "p99.9", "mean")),
-                 *(f"{x.get(k) or float('nan'):.2f} / {y.get(k) or float('nan'):.2f}"
+                 *(f"{getattr(x, k) or float('nan'):.2f} / {getattr(y, k) or float('nan'):.2f}"
                    for k in ("main_cpu_s", "flusher_cpu_s", "loop_s"))]
                 for x, y in zip(b, c, strict=True)]))
     rep.blocks.append(Table(
@@ -164,20 +101,20 @@ def report(rep: Report, results: list[dict[str, Any]], baseline: str) -> None:
         "type.", columns=cols("case", "round", "in run log", "expected", "wrong value/type",
                               "daemon events", "flush() True", "SDK dropped", "run status",
                               ("show s", ".1f"), "sample from the run log", "check"), rows=[
-            [f"{r['kind']}/{r['sdk']}", r["round"], r["verify"]["found"],
-             r["verify"]["expected"], len(r["verify"]["bad_values"]), r["events"],
-             r["flush_ok"], r.get("dropped"), r["verify"]["status"], r["verify"]["show_s"],
-             f"`{r['verify']['sample']}`" if r["round"] == 1 else "",
-             "OK" if r["ok"] else "FAIL"] for r in results]))
+            [f"{r.kind}/{r.sdk}", r.round, r.verify.found,
+             r.verify.expected, len(r.verify.bad_values), r.events,
+             r.flush_ok, r.dropped, r.verify.status, r.verify.show_s,
+             f"`{r.verify.sample}`" if r.round == 1 else "",
+             "OK" if r.ok else "FAIL"] for r in results]))
     rep.blocks.append(Text("`magnus` imported from (checked in each client): " + "; ".join(
-        sorted({f"{r['sdk']}: `{r['magnus_file']}`" for r in results})) + "\n\nValue types "
-        "sent: " + ", ".join(sorted({f"{r['kind']}: `{r['value_type']}`" for r in results}))))
+        sorted({f"{r.sdk}: `{r.magnus_file}`" for r in results})) + "\n\nValue types "
+        "sent: " + ", ".join(sorted({f"{r.kind}: `{r.value_type}`" for r in results}))))
     for r in results:
-        at = f"{r['kind']}/{r['sdk']} round {r['round']}"
-        for what, v in (("client stderr", " / ".join(r["stderr"])[:500]),
-                        ("missing e.g.", r["verify"]["missing"]),
-                        ("wrong e.g.", r["verify"]["bad_values"]),
-                        ("SDK last_error", r.get("last_error"))):
+        at = f"{r.kind}/{r.sdk} round {r.round}"
+        for what, v in (("client stderr", " / ".join(r.stderr)[:500]),
+                        ("missing e.g.", r.verify.missing),
+                        ("wrong e.g.", r.verify.bad_values),
+                        ("SDK last_error", r.last_error)):
             if v:
                 rep.notes.append(f"{at}: {what} {v}")
 
@@ -216,7 +153,7 @@ def main() -> int:
         print(f"current {args.current} = {current[:12]} extracted to {sdk_dirs['current']}",
               file=sys.stderr)
     d = C.Daemon(root)
-    results: list[dict[str, Any]] = []
+    results: list[ValuesCase] = []
     rss = (0, 0)
     cspool = str(root / "cspool")
     try:
@@ -247,7 +184,8 @@ def main() -> int:
     if fin["daemon_exit"] not in (0, None):
         rep.notes.append(f"daemon exited {fin['daemon_exit']} on SIGTERM")
     rep.notes.append(f"daemon RSS {rss[0] / 1024:.0f} MB (peak {rss[1] / 1024:.0f} MB) at the end")
-    rep.ok = all(r["ok"] for r in results)
+    rep.ok = all(r.ok for r in results)
+    rep.data = results
     rep.seconds = time.monotonic() - t_start
     save(rep)
     return 0 if rep.ok else 1
