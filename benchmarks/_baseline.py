@@ -50,32 +50,42 @@ def worktree_state() -> str:
 
 
 def import_cost(runs: int, sdks: dict[str, Path | None]) -> tuple[list[Result], list[str]]:
-    """Median wall time of `python -c 'import magnus'` minus `python -c pass`, per SDK, all
-    interleaved, bytecode writing allowed (a warm-up run of each first: the .pyc files exist)."""
+    """Per SDK, all interleaved, bytecode writing allowed (a warm-up run of each first: the
+    .pyc files exist): the median wall time of `python -c 'import magnus'` minus that of
+    `python -c pass`, and the median of `python -X importtime`'s cumulative time of `magnus`
+    (the import alone, without the interpreter's start-up noise)."""
     env = C.clean_env()
     for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH"):
         env.pop(k, None)
-    cmds: dict[str, tuple[list[str], dict[str, str]]] = {"pass": ([C.PY, "-c", "pass"], env)}
-    for sdk, path in sdks.items():
-        cmds[sdk] = ([C.PY, "-c", "import magnus"],
-                     env if path is None else dict(env, PYTHONPATH=str(path)))
-    times: dict[str, list[float]] = {k: [] for k in cmds}
+    envs = {sdk: env if path is None else dict(env, PYTHONPATH=str(path))
+            for sdk, path in sdks.items()}
+    wall: dict[str, list[float]] = {k: [] for k in ("pass", *sdks)}
+    cumul: dict[str, list[float]] = {k: [] for k in sdks}
     loads = []
     for i in range(runs + 1):
         loads.append(os.getloadavg()[0])
-        for k, (cmd, e) in cmds.items():
+        for k in wall:
+            cmd = [C.PY, "-c", "pass" if k == "pass" else "import magnus"]
             t0 = time.perf_counter()
-            subprocess.run(cmd, env=e, check=True)
+            subprocess.run(cmd, env=envs.get(k, env), check=True)
             if i:  # run 0 is the warm-up
-                times[k].append((time.perf_counter() - t0) * 1000)
-    base = statistics.median(times["pass"])
-    added = {k: [t - base for t in v] for k, v in times.items() if k != "pass"}
-    res = [Result(name=f"`import magnus` added ({k})", unit="ms", n=runs,
-                  median=statistics.median(v), load=statistics.median(loads))
-           for k, v in added.items()]
-    if "baseline" in added:
-        res[-1].ratio, res[-1].peer = res[-1].median / res[0].median, "baseline"
-        res = [res[-1], res[0]]  # current first
+                wall[k].append((time.perf_counter() - t0) * 1000)
+        for k in sdks:
+            err = subprocess.run([C.PY, "-X", "importtime", "-c", "import magnus"], env=envs[k],
+                                 capture_output=True, text=True, check=True).stderr
+            us = [int(ln.split("|")[1]) for ln in err.splitlines() if ln.endswith("| magnus")]
+            if i and us:
+                cumul[k].append(us[-1] / 1000)
+    base = statistics.median(wall["pass"])
+    res = []
+    for k in reversed(sdks):  # current first
+        res.append(Result(name=f"`import magnus` added, wall clock ({k})", unit="ms", n=runs,
+                          median=statistics.median(wall[k]) - base, load=C.med(loads)))
+        res.append(Result(name=f"`import magnus`, -X importtime cumulative ({k})", unit="ms",
+                          n=len(cumul[k]), median=C.med(cumul[k]), load=C.med(loads)))
+    if "baseline" in sdks:
+        for r, b in zip(res[:2], res[2:], strict=True):
+            r.ratio, r.peer = r.median / b.median, "baseline"
     probe = ("import sys; a = set(sys.modules); import magnus; "
              "print(' '.join(sorted(set(sys.modules) - a)))")
     mods = subprocess.run([C.PY, "-c", probe], env=env, capture_output=True, text=True,

@@ -244,6 +244,7 @@ def main() -> int:
         if fin["daemon_exit"] not in (0, None):
             rep.notes.append(f"a daemon exited {fin['daemon_exit']} on SIGTERM")
     rep.ok = all(c.ok for c in results)
+    rep.data = results
     rep.seconds = time.monotonic() - t_start
     save(rep)
     return 0 if rep.ok else 1
