@@ -15,8 +15,8 @@ process; the call times include it. Then nothing may be lost:
 - down: MAGNUS_SOCKET points at a path nobody listens on and MAGNUS_SPOOL_DIR at a temp dir;
   after the client exits a daemon is started on that spool dir and the run log must hold all
   N + 1 values.
-- import: median wall time of `python -c 'import magnus'` minus that of `python -c pass`, runs
-  interleaved.
+- import: median wall time of `python -c 'import magnus'` minus that of `python -c pass`, and
+  median of `python -X importtime`'s cumulative time of `magnus`, runs interleaved.
 
 --baseline REV: the SDK of REV (`git archive`, see _baseline.py) runs the up case and the import
 next to the working tree's, interleaved in --rounds rounds (the order alternates from round to
