@@ -62,6 +62,7 @@ def every_file_parses(data: Path) -> None:
         json.loads(c.read_text())
 
 
+@pytest.mark.timeout(60 + 6 * CYCLES)  # about 1.5 s a cycle here; the soak runs 100
 def test_kill_9_at_random_moments_loses_nothing_acknowledged(
         make_daemon: Callable[..., Daemon], root: Path) -> None:
     rng = random.Random(int(os.environ.get("MAGNUS_CRASH_SEED", "7")))

@@ -120,6 +120,7 @@ def finish(d: Daemon, client: subprocess.Popen[str], fds_before: int) -> dict[st
             "status": st_}
 
 
+@pytest.mark.timeout(60 + EXAMPLES // 20)  # about 80 examples a second here; the soak runs 5000
 def test_random_input_never_hurts_the_good_client_or_the_daemon(
         live: tuple[Daemon, subprocess.Popen[str]]) -> None:
     d, client = live
