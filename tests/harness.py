@@ -198,9 +198,12 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         """`magnusd status --json` (asked in-process with `in_process_status`)."""
         if self.in_process_status:
-            from magnusd._cli import request_status
-
-            return request_status(self.sock)
+            try:
+                from magnusd._cli import request_status
+            except ImportError:  # the daemon's modules moved: ask through the CLI
+                self.in_process_status = False
+            else:
+                return request_status(self.sock)
         out = self.cli("status", "--json").stdout
         return json.loads(out)  # type: ignore[no-any-return]
 
