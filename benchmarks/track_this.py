@@ -234,6 +234,9 @@ def main() -> int:
             [c.case, c.sdk, c.round, c.found, c.expected, c.flush_ok, c.dropped, c.loop_s,
              "; ".join(x for x in (c.note, c.stderr[:300], " ".join(c.missing + c.bad_values))
                        if x), "OK" if c.ok else "FAIL"] for c in checked]))
+    rep.add("Targets (design §11): median ≤ 1 µs, p99 ≤ 5 µs a call; `import magnus` ≤ 10 ms. "
+            + "; ".join(f"{r.name}: {'met' if r.median <= 1 and (r.p99 or 0) <= 5 else 'NOT met'}"
+                        for r in rep.results if r.unit == "µs" and "floor" not in r.name))
     peers = [p for p in PEERS if importlib.util.find_spec(p) is not None]
     rep.blocks.append(Text("Peer libraries importable here: " + (", ".join(peers) if peers else
                            "none (see /work/shared/peers.md for their numbers on this machine "
