@@ -15,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 import _common as C
 
 STEADY = str(C.HERE / "_steady_client.py")
@@ -25,6 +27,92 @@ INGEST_TARGET = 0.80  # ingest with the `file` tracker / without
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+class Swap(msgspec.Struct, kw_only=True):
+    """One config change: seconds from the `os.replace` to each sign of it."""
+
+    kind: str  # "path" or "new name"
+    tracker: str
+    first_line_s: float  # replace -> the first complete line in the new tracker's file
+    loaded_s: float  # replace (wall) -> status config.loaded_at
+    first_ts_s: float  # replace (wall) -> that first line's `timestamp`
+    config_error: str | None
+    state: str | None
+
+
+class FileCheck(msgspec.Struct, kw_only=True):
+    """(run_id, step) lines in `file` tracker output against what was sent."""
+
+    lines: int
+    missing: int
+    duplicates: int
+    unexpected: int
+    files: int = 1
+    keys: list[str] = []
+
+
+class SwapCase(msgspec.Struct, kw_only=True):
+    rate: float
+    run_id: str
+    swaps: list[Swap]
+    events: int
+    flush_ok: bool
+    max_burst: int
+    achieved_rate: float
+    trackers_end: list[dict[str, Any]]
+    main_check: FileCheck
+    daemon_rss_kb: tuple[int, int]
+    client_stderr: list[str] = []
+    daemon_exit: int
+    stop_s: float
+    daemon_log_problems: list[str]
+
+
+class Replay(msgspec.Struct, kw_only=True):
+    """A `backfill: true` tracker added to the idle daemon: the retained journal replayed."""
+
+    delivered: int
+    lines: int
+    s: float  # from its config.loaded_at until delivered
+    from_replace_s: float
+    missing: int
+    duplicates: int
+    unexpected: int
+    eps: float = float("nan")
+
+
+class FanoutCase(msgspec.Struct, kw_only=True):
+    clients: int
+    events: int
+    tracker: bool
+    round: int = 1
+    worker_cpu_s: float
+    worker_rss_kb: dict[str, tuple[int, int]]
+    ingest_s: float
+    runlog_s: float
+    client_loop_s: float
+    flush_ok: bool
+    events_total: int
+    duplicates_skipped: int | None
+    daemon_cpu_s: float
+    max_pending: int
+    ingest_eps: float
+    runlog_eps: float
+    fan_s: float = float("nan")
+    fan_lag_s: float = float("nan")
+    fan_eps: float = float("nan")
+    delivered: int = 0
+    tracker_errors: int = 0
+    tracker_last_error: str | None = None
+    restarts: int = 0
+    check: FileCheck | None = None
+    replay: Replay | None = None
+    rss_kb: tuple[int, int]
+    client_stderr: list[str] = []
+    daemon_exit: int
+    stop_s: float
+    daemon_log_problems: list[str]
 
 
 def config_text(trackers: list[dict[str, Any]]) -> str:
@@ -149,7 +237,7 @@ def wait_delivered(d: C.Daemon, names: list[str], min_events: int, timeout: floa
 # -- swap latency -------------------------------------------------------------------------
 
 
-def case_swap(rate: float, swaps: int, keep: bool) -> dict[str, Any]:
+def case_swap(rate: float, swaps: int, keep: bool) -> SwapCase:
     root = C.short_tmpdir("mbs")
     outd = root / "out"
     d = C.Daemon(root, spool_dir=str(root / "spool"))
@@ -212,13 +300,13 @@ def case_swap(rate: float, swaps: int, keep: bool) -> dict[str, Any]:
     finally:
         kill_all(procs)
         res.update(d.finish(root, keep))
-    return res
+    return msgspec.convert(res, SwapCase)
 
 
 # -- fan-out throughput -------------------------------------------------------------------
 
 
-def case_fanout(nclients: int, per: int, with_tracker: bool, keep: bool) -> dict[str, Any]:
+def case_fanout(nclients: int, per: int, with_tracker: bool, keep: bool) -> FanoutCase:
     total = per * nclients
     root = C.short_tmpdir("mbf")
     outd = root / "out"
@@ -318,4 +406,4 @@ def case_fanout(nclients: int, per: int, with_tracker: bool, keep: bool) -> dict
         res["fan_eps"] = total / res["fan_s"]
         rp = res["replay"]
         rp["eps"] = rp["delivered"] / rp["s"] if rp["s"] > 0 else float("nan")
-    return res
+    return msgspec.convert(res, FanoutCase)

@@ -44,11 +44,10 @@ import argparse
 import statistics
 import sys
 import time
-from typing import Any
 
 import _common as C
 from _results import Report, Result, new_report, save, tbl
-from _swap_cases import case_fanout, case_swap
+from _swap_cases import FanoutCase, SwapCase, case_fanout, case_swap
 
 TARGET_S = 2.0
 MEDIAN_TARGET_S = 0.2  # replace → first line, median (worker-process design)
@@ -63,59 +62,59 @@ def stats(vals: list[float]) -> str:
     return f"{statistics.median(s):.3f} / {s[-1]:.3f}" if s else "-"
 
 
-def report(rep: Report, swap: dict[str, Any] | None, fans: list[dict[str, Any]]) -> None:
+def report(rep: Report, swap: SwapCase | None, fans: list[FanoutCase]) -> None:
     problems = rep.notes
     if swap:
-        sw = swap["swaps"]
+        sw = swap.swaps
         rep.add(f"## swap latency (target ≤ {TARGET_S:g} s)\n\nOne client at "
-                   f"{swap['achieved_rate']:,.0f} events/s (asked {swap['rate']:,.0f}); the "
+                   f"{swap.achieved_rate:,.0f} events/s (asked {swap.rate:,.0f}); the "
                    "config file replaced with `os.replace`; seconds from the replace, "
                    "median / max.\n")
         rows = []
         for kind in ("path", "new name"):
-            s = [x for x in sw if x["kind"] == kind]
+            s = [x for x in sw if x.kind == kind]
             if not s:
                 continue
-            worst = max(x["first_line_s"] for x in s)
+            worst = max(x.first_line_s for x in s)
             rep.results.append(Result(name=f"swap ({kind}): replace → first line in new file",
                                       unit="s", n=len(s), median=statistics.median(
-                                          x["first_line_s"] for x in s), ok=worst <= TARGET_S))
+                                          x.first_line_s for x in s), ok=worst <= TARGET_S))
             rows.append([
                 "`main` path A → B (same name)" if kind == "path" else "new tracker name",
-                len(s), stats([x["loaded_s"] for x in s]), stats([x["first_line_s"] for x in s]),
-                stats([x["first_ts_s"] for x in s]),
+                len(s), stats([x.loaded_s for x in s]), stats([x.first_line_s for x in s]),
+                stats([x.first_ts_s for x in s]),
                 "OK" if worst <= TARGET_S else "SLOW",
-                "OK" if statistics.median(x["first_line_s"] for x in s) <= MEDIAN_TARGET_S
+                "OK" if statistics.median(x.first_line_s for x in s) <= MEDIAN_TARGET_S
                 else "over"])
         rep.add(tbl(["change", "swaps", "replace → config.loaded_at",
                             "replace → first line in new file",
                             "first line's `timestamp` − replace", "max ≤ 2 s",
                             f"median ≤ {MEDIAN_TARGET_S:g} s"], rows))
-        mc = swap["main_check"]
-        ok = (mc["missing"] == 0 and mc["duplicates"] == 0 and mc["unexpected"] == 0
-              and swap["flush_ok"])
-        rep.add(f"\nExactly once across the {mc['files']} `main` instances' files: "
-                   f"{mc['lines']:,} lines for {swap['events']:,} events sent; missing "
-                   f"{mc['missing']}, duplicated {mc['duplicates']}, unexpected "
-                   f"{mc['unexpected']} — **{'OK' if ok else 'FAIL'}**. Client's largest "
-                   f"catch-up burst: {swap['max_burst']} events.\n")
+        mc = swap.main_check
+        ok = (mc.missing == 0 and mc.duplicates == 0 and mc.unexpected == 0
+              and swap.flush_ok)
+        rep.add(f"\nExactly once across the {mc.files} `main` instances' files: "
+                   f"{mc.lines:,} lines for {swap.events:,} events sent; missing "
+                   f"{mc.missing}, duplicated {mc.duplicates}, unexpected "
+                   f"{mc.unexpected} — **{'OK' if ok else 'FAIL'}**. Client's largest "
+                   f"catch-up burst: {swap.max_burst} events.\n")
         if not ok:
             problems.append("swap: main instances not exactly once")
-        errs = [x for x in sw if x["config_error"] or x["state"] != "running"]
+        errs = [x for x in sw if x.config_error or x.state != "running"]
         if errs:
             problems.append(f"swap: {len(errs)} swap(s) with a config error or a tracker not "
                             f"running: {errs[:2]}")
         rep.add("<details><summary>each swap (s)</summary>\n")
         rep.add(tbl(["#", "change", "tracker", "→ loaded_at", "→ first line",
                             "first `timestamp` − replace"],
-                           [[i, x["kind"], x["tracker"], f"{x['loaded_s']:.3f}",
-                             f"{x['first_line_s']:.3f}", f"{x['first_ts_s']:.3f}"]
+                           [[i, x.kind, x.tracker, f"{x.loaded_s:.3f}",
+                             f"{x.first_line_s:.3f}", f"{x.first_ts_s:.3f}"]
                             for i, x in enumerate(sw, 1)]))
         rep.add("\n</details>\n")
-        for p in swap["daemon_log_problems"]:
+        for p in swap.daemon_log_problems:
             problems.append(f"swap daemon log: {p}")
-        if swap["daemon_exit"] != 0:
-            problems.append(f"swap daemon exited {swap['daemon_exit']}")
+        if swap.daemon_exit != 0:
+            problems.append(f"swap daemon exited {swap.daemon_exit}")
     if fans:
         rep.add("## `file` tracker fan-out while ingest runs at full speed\n\nFrom the "
                    "first event of any client; events/s = events / that time. Fan-out lag = "
@@ -124,34 +123,34 @@ def report(rep: Report, swap: dict[str, Any] | None, fans: list[dict[str, Any]])
                    "alternate: with the tracker, then the baseline, each a fresh daemon.\n")
         rows = []
         for r in fans:
-            c = r.get("check")
-            w = r.get("worker_rss_kb", {}).get("main")
+            c = r.check
+            w = r.worker_rss_kb.get("main")
             rows.append([
-                r.get("round", 1),
-                "`file` tracker" if r["tracker"] else "no tracker (baseline)",
-                f"{r['clients']} × {r['events'] // r['clients']:,}",
-                f"{r['ingest_s']:.2f}", f"**{r['ingest_eps']:,.0f}**",
-                f"{r['runlog_eps']:,.0f}",
-                f"{r['fan_s']:.2f}" if r["tracker"] else "-",
-                f"**{r['fan_eps']:,.0f}**" if r["tracker"] else "-",
-                f"{r['fan_lag_s']:.2f}" if r["tracker"] else "-",
-                f"{r['max_pending']:,}" if r["tracker"] else "-",
-                f"{r['daemon_cpu_s']:.2f}",
-                f"{r['worker_cpu_s']:.2f}" if r["tracker"] else "-",
-                f"{r['rss_kb'][1] / 1024:.0f}" + (f" / {w[1] / 1024:.0f}" if w else ""),
-                f"{c['lines']:,}" if c else "-",
-                f"{c['missing']} / {c['duplicates']}" if c else "-",
+                r.round,
+                "`file` tracker" if r.tracker else "no tracker (baseline)",
+                f"{r.clients} × {r.events // r.clients:,}",
+                f"{r.ingest_s:.2f}", f"**{r.ingest_eps:,.0f}**",
+                f"{r.runlog_eps:,.0f}",
+                f"{r.fan_s:.2f}" if r.tracker else "-",
+                f"**{r.fan_eps:,.0f}**" if r.tracker else "-",
+                f"{r.fan_lag_s:.2f}" if r.tracker else "-",
+                f"{r.max_pending:,}" if r.tracker else "-",
+                f"{r.daemon_cpu_s:.2f}",
+                f"{r.worker_cpu_s:.2f}" if r.tracker else "-",
+                f"{r.rss_kb[1] / 1024:.0f}" + (f" / {w[1] / 1024:.0f}" if w else ""),
+                f"{c.lines:,}" if c else "-",
+                f"{c.missing} / {c.duplicates}" if c else "-",
             ])
         rep.add(tbl(["round", "case", "clients × events", "ingest s", "ingest events/s",
                             "run log events/s", "fan-out s", "fan-out events/s",
                             "fan-out lag s", "max pending", "daemon CPU s", "worker CPU s",
                             "peak RSS MB daemon / worker", "lines in file",
                             "missing / duplicated"], rows))
-        pairs = [(a, b) for a in fans for b in fans if a["tracker"] and not b["tracker"]
-                 and a.get("round", 1) == b.get("round", 1)]
+        pairs = [(a, b) for a in fans for b in fans if a.tracker and not b.tracker
+                 and a.round == b.round]
         if pairs:
-            ratios = [a["ingest_eps"] / b["ingest_eps"] for a, b in pairs]
-            fan = [a["fan_eps"] for a, _ in pairs]
+            ratios = [a.ingest_eps / b.ingest_eps for a, b in pairs]
+            fan = [a.fan_eps for a, _ in pairs]
             rep.results.append(Result(
                 name="ingest with the `file` tracker ÷ without", unit="ratio", n=len(ratios),
                 median=statistics.median(ratios), ok=statistics.median(ratios) >= INGEST_TARGET))
@@ -162,7 +161,7 @@ def report(rep: Report, swap: dict[str, Any] | None, fans: list[dict[str, Any]])
                        f"{statistics.median(ratios):.1%}** (target ≥ {INGEST_TARGET:.0%}). "
                        f"Fan-out events/s: median **{statistics.median(fan):,.0f}** "
                        f"(min {min(fan):,.0f}, max {max(fan):,.0f}).\n")
-        reps = [(r.get("round", 1), r["replay"]) for r in fans if r["tracker"]]
+        reps = [(r.round, r.replay) for r in fans if r.replay is not None]
         if reps:
             rep.add("\nThe `file` tracker alone (the same daemon, idle after the round: a "
                        "second `file` tracker with `backfill: true` replays the retained "
@@ -170,32 +169,31 @@ def report(rep: Report, swap: dict[str, Any] | None, fans: list[dict[str, Any]])
             rep.add(tbl(
                 ["round", "events", "s from loaded_at", "events/s", "s from the replace",
                  "lines in file", "missing / duplicated"],
-                [[rnd, f"{rp['delivered']:,}", f"{rp['s']:.2f}", f"**{rp['eps']:,.0f}**",
-                  f"{rp['from_replace_s']:.2f}", f"{rp['lines']:,}",
-                  f"{rp['missing']} / {rp['duplicates']}"] for rnd, rp in reps]))
-            rep.add("")
+                [[rnd, f"{rp.delivered:,}", f"{rp.s:.2f}", f"**{rp.eps:,.0f}**",
+                  f"{rp.from_replace_s:.2f}", f"{rp.lines:,}",
+                  f"{rp.missing} / {rp.duplicates}"] for rnd, rp in reps]))
         for r in fans:
-            if not r["tracker"]:
+            if not r.tracker:
                 continue
-            rp = r["replay"]
-            if rp["missing"] or rp["duplicates"] or rp["lines"] != r["events"]:
+            rp, c = r.replay, r.check
+            assert rp is not None and c is not None
+            if rp.missing or rp.duplicates or rp.lines != r.events:
                 problems.append(f"fan-out replay: file check failed: {rp}")
-            c = r["check"]
-            if (c["missing"] or c["duplicates"] or c["unexpected"] or c["lines"] != r["events"]
-                    or not r["flush_ok"]):
+            if (c.missing or c.duplicates or c.unexpected or c.lines != r.events
+                    or not r.flush_ok):
                 problems.append(f"fan-out: file check failed: {c}")
-            if r["tracker_errors"] or r.get("restarts"):
-                problems.append(f"fan-out: tracker errors {r['tracker_errors']}, restarts "
-                                f"{r.get('restarts')}: {r['tracker_last_error']}")
+            if r.tracker_errors or r.restarts:
+                problems.append(f"fan-out: tracker errors {r.tracker_errors}, restarts "
+                                f"{r.restarts}: {r.tracker_last_error}")
         for r in fans:
-            for p in r["daemon_log_problems"]:
+            for p in r.daemon_log_problems:
                 problems.append(f"fan-out daemon log: {p}")
-            if r["daemon_exit"] != 0:
-                problems.append(f"fan-out daemon exited {r['daemon_exit']}")
-            for e in r.get("client_stderr", []):
+            if r.daemon_exit != 0:
+                problems.append(f"fan-out daemon exited {r.daemon_exit}")
+            for e in r.client_stderr:
                 problems.append(f"client stderr: {e}")
     if swap:
-        for e in swap.get("client_stderr", []):
+        for e in swap.client_stderr:
             problems.append(f"client stderr: {e}")
     rep.ok = not problems
 
@@ -231,7 +229,7 @@ def main() -> int:
                       f"{'file tracker' if with_tracker else 'no tracker'} ...",
                       file=sys.stderr)
                 r = case_fanout(args.clients, args.events, with_tracker, args.keep)
-                r["round"] = rnd
+                r.round = rnd
                 fans.append(r)
     rep = new_report("swap", "tracker hot swap and fan-out")
     report(rep, swap, fans)
