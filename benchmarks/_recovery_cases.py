@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 import _common as C
 
 CLIENT = str(C.HERE / "_recovery_client.py")
@@ -42,6 +44,68 @@ STUCK_S = 10.0  # a run-store error lasting this long ends the wait (it retries 
 REPO = C.HERE.parent
 RECOVERED = re.compile(r"journal recovered in ([\d.]+) s: last seq (\d+), (\d+) record\(s\) "
                        r"after the run-log checkpoint (\d+)")
+
+
+class Journal(msgspec.Struct):
+    bytes: int
+    segments: int
+    last_seq: int
+    events: int  # -1 while the `hold` tracker is not in status
+
+
+class Built(msgspec.Struct, kw_only=True):
+    """The journal the clients wrote before the timed starts."""
+
+    seconds: float
+    caught_up_s: float
+    sent: int
+    flush_ok: bool
+    flushes: int
+    journal: Journal
+    segment1_kept: bool
+    hwm_mb: float
+    events_total: int
+
+
+class Flip(msgspec.Struct):
+    segment: int
+    segment_bytes: int
+    offset: int
+
+
+class Start(msgspec.Struct, kw_only=True):
+    """One timed start, and what the case did to the daemon and its data before it."""
+
+    case: str
+    rep: int = 0
+    answer_s: float  # Popen -> `status` answers
+    caught_s: float  # Popen -> run store caught up (NaN: stuck)
+    stuck: str | None
+    stuck_at: str
+    hwm_answer_mb: float
+    hwm_mb: float
+    cpu_s: float
+    read_gb: float
+    checkpoint: int
+    replayed: int
+    applied_at_answer: int
+    recovery: dict[str, Any]
+    status: dict[str, Any]
+    journal: Journal
+    recovered_s: float
+    records_after_checkpoint: int
+    log_problems: list[str]
+    stop_exit: int | None = None
+    stop_s: float = float("nan")
+    streamed_events: int = 0
+    last_seq_at_kill: int = 0
+    applied_at_kill: int = 0
+    checkpoint_at_kill: int = 0
+    last_seq_before: int = 0
+    flip: Flip | None = None
+    run_files_bytes: int = 0
+    run_files: int = 0
+    damage_ok: bool = True
 
 
 def git(*args: str) -> str:
@@ -203,7 +267,7 @@ def kill_procs(procs: list[subprocess.Popen[str]]) -> None:
         p.wait()
 
 
-def build(d: C.Daemon, args: argparse.Namespace, run_ids: list[str]) -> dict[str, Any]:
+def build(d: C.Daemon, args: argparse.Namespace, run_ids: list[str]) -> Built:
     target = int(args.gib * GIB)
     d.start()
     # the config is acted on after the daemon answers (its worker fails to load the type)
@@ -257,7 +321,7 @@ def build(d: C.Daemon, args: argparse.Namespace, run_ids: list[str]) -> dict[str
                            f"sent {sent}")
     if not res["segment1_kept"]:
         raise RuntimeError("segment 1 was deleted: the journal is not being kept")
-    return res
+    return msgspec.convert(res, Built)
 
 
 def run_files(data: str | Path) -> dict[str, int]:
@@ -296,7 +360,7 @@ def flip_middle_byte(journal_dir: str | Path) -> dict[str, Any]:
 
 
 def one_case(case: str, d: C.Daemon, args: argparse.Namespace, run_ids: list[str],
-             rep: int, state: dict[str, Any]) -> dict[str, Any]:
+             rep: int, state: dict[str, Any]) -> Start:
     timeout = 120 + 600 * args.gib
     info: dict[str, Any] = {"case": case, "rep": rep}
     if case == "clean":
@@ -345,16 +409,16 @@ def one_case(case: str, d: C.Daemon, args: argparse.Namespace, run_ids: list[str
         rec = r["recovery"]
         r["damage_ok"] = (rec["truncated_bytes"] > 0 and len(rec["damaged_copies"]) == 1
                           and os.path.exists(rec["damaged_copies"][0]))
-    return r
+    return msgspec.convert(r, Start)
 
 
-def empty_reference(root: Path, reps: int, extra_env: dict[str, str]) -> list[dict[str, Any]]:
-    out = []
+def empty_reference(root: Path, reps: int, extra_env: dict[str, str]) -> list[Start]:
+    out: list[Start] = []
     for _ in range(reps):
         e = C.Daemon(root / "empty", extra_env=extra_env)
         shutil.rmtree(e.data, ignore_errors=True)
         try:
-            out.append(timed_start(e, 60, hold=False) | {"case": "empty"})
+            out.append(msgspec.convert(timed_start(e, 60, hold=False) | {"case": "empty"}, Start))
         finally:
             e.stop(check=False)
     return out
@@ -366,13 +430,13 @@ def med_max(vals: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.median(vals))} / {fmt.format(max(vals))}"
 
 
-def caught_cell(rs: list[dict[str, Any]]) -> str:
-    ok = [r["caught_s"] for r in rs if not r["stuck"]]
-    stuck = [r for r in rs if r["stuck"]]
+def caught_cell(rs: list[Start]) -> str:
+    ok = [r.caught_s for r in rs if not r.stuck]
+    stuck = [r for r in rs if r.stuck]
     cell = f"**{med_max(ok)}**" if ok else ""
     if stuck:
         cell += (" — " if cell else "") + (f"**never: {len(stuck)} of {len(rs)} stuck** "
-                                           f"(`{stuck[0]['stuck']}`)")
+                                           f"(`{stuck[0].stuck}`)")
     return cell
 
 

@@ -90,87 +90,87 @@ import _recovery_cases as R_
 from _results import Report, Result, new_report, save, tbl
 
 
-def report(rep: Report, args: argparse.Namespace, b: dict[str, Any],
-           results: dict[str, list[dict[str, Any]]], load0: str, code: str) -> None:
-    bj = b["journal"]
-    rep.title = f"magnusd recovery with a {bj['bytes'] / R_.GIB:.2f} GiB journal"
+def report(rep: Report, args: argparse.Namespace, b: R_.Built,
+           results: dict[str, list[R_.Start]], load0: str, code: str) -> None:
+    bj = b.journal
+    rep.title = f"magnusd recovery with a {bj.bytes / R_.GIB:.2f} GiB journal"
     out = [f"/proc/loadavg at start {load0}, at end {R_.loadavg()}\n",
            f"Daemon and SDK: {code}.\n",
            f"Journal built by {args.clients} client processes (`track_this(step=i, loss=...)`, "
-           f"`flush()` every {args.flush_every:,} calls) in {b['seconds']:.1f} s "
-           f"({b['sent'] / b['seconds']:,.0f} events/s; run store caught up at "
-           f"{b['caught_up_s']:.1f} s): {bj['bytes']:,} bytes ({bj['bytes'] / R_.GIB:.3f} GiB) in "
-           f"{bj['segments']} segments, {bj['events']:,} events "
-           f"({bj['bytes'] / max(bj['events'], 1):.1f} bytes/event), {bj['last_seq']:,} records; "
-           f"segment 1 still there: {b['segment1_kept']}; build daemon peak RSS "
-           f"{b['hwm_mb']:.0f} MB.\n",
+           f"`flush()` every {args.flush_every:,} calls) in {b.seconds:.1f} s "
+           f"({b.sent / b.seconds:,.0f} events/s; run store caught up at "
+           f"{b.caught_up_s:.1f} s): {bj.bytes:,} bytes ({bj.bytes / R_.GIB:.3f} GiB) in "
+           f"{bj.segments} segments, {bj.events:,} events "
+           f"({bj.bytes / max(bj.events, 1):.1f} bytes/event), {bj.last_seq:,} records; "
+           f"segment 1 still there: {b.segment1_kept}; build daemon peak RSS "
+           f"{b.hwm_mb:.0f} MB.\n",
            "Seconds from `Popen(magnusd serve)`; median / max of "
            f"{args.reps}. 'recovered' = the daemon's log line `journal recovered in X s` (before "
            "the socket is bound). Peak RSS = VmHWM once caught up; CPU and bytes read = the "
            "daemon's, start to caught up. Journal columns as the case's last start found it.\n"]
     rep.intro = "\n".join(out)
-    rows = []
+    rows: list[list[str | int]] = []
     for case in ("empty", "clean", "kill9", "nocheckpoint", "damaged"):  # the brief's order
         rs = results.get(case, [])
         if not rs:
             continue
-        j = rs[-1]["journal"]
+        j = rs[-1].journal
         rows.append([
             R_.CASE_TITLE[case].replace("4 clients", f"{args.clients} clients"),
-            f"{j['bytes'] / R_.GIB:.3f}", j["segments"],
-            f"{j['events'] / 1e6:.1f} M" if j["events"] >= 0 else "-",
-            R_.med_max([r["replayed"] for r in rs], "{:,.0f}"),
-            f"**{R_.med_max([r['answer_s'] for r in rs])}**",
+            f"{j.bytes / R_.GIB:.3f}", j.segments,
+            f"{j.events / 1e6:.1f} M" if j.events >= 0 else "-",
+            R_.med_max([r.replayed for r in rs], "{:,.0f}"),
+            f"**{R_.med_max([r.answer_s for r in rs])}**",
             R_.caught_cell(rs),
-            R_.med_max([r["recovered_s"] for r in rs]),
-            R_.med_max([r["hwm_mb"] for r in rs], "{:.0f}"),
-            R_.med_max([r["cpu_s"] for r in rs]),
-            R_.med_max([r["read_gb"] for r in rs]),
+            R_.med_max([r.recovered_s for r in rs]),
+            R_.med_max([r.hwm_mb for r in rs], "{:.0f}"),
+            R_.med_max([r.cpu_s for r in rs]),
+            R_.med_max([r.read_gb for r in rs]),
         ])
-        ok = [r["answer_s"] for r in rs]
+        ok = [r.answer_s for r in rs]
         rep.results.append(Result(name=f"{case}: answers `status`", unit="s", n=len(ok),
-                                  median=statistics.median(ok), ok=not any(r["stuck"] for r in rs)))
+                                  median=statistics.median(ok), ok=not any(r.stuck for r in rs)))
     rep.add(tbl(["case", "journal GiB", "segments", "events", "records replayed by the "
                         "run store", "answers `status` s", "run store caught up s",
                         "recovered (log) s", "peak RSS MB", "daemon CPU s",
                         "daemon read GB"], rows))
     details = []
     for r in results.get("kill9", []):
-        details.append(f"kill9 #{r['rep'] + 1}: {r['streamed_events']:,} events streamed in "
+        details.append(f"kill9 #{r.rep + 1}: {r.streamed_events:,} events streamed in "
                        f"{args.stream_s:g} s before SIGKILL; at the kill last seq "
-                       f"{r['last_seq_at_kill']:,}, run store applied {r['applied_at_kill']:,}, "
-                       f"checkpoint file {r['checkpoint_at_kill']:,}; after restart the run store "
-                       f"applied {r['replayed']:,} record(s) (the duplicate check read "
-                       f"{r['records_after_checkpoint']:,} before the socket was bound); "
-                       f"answer {r['answer_s']:.2f} s, caught up {r['caught_s']:.2f} s, "
-                       f"peak {r['hwm_mb']:.0f} MB (at answer {r['hwm_answer_mb']:.0f} MB), read "
-                       f"{r['read_gb']:.2f} GB")
+                       f"{r.last_seq_at_kill:,}, run store applied {r.applied_at_kill:,}, "
+                       f"checkpoint file {r.checkpoint_at_kill:,}; after restart the run store "
+                       f"applied {r.replayed:,} record(s) (the duplicate check read "
+                       f"{r.records_after_checkpoint:,} before the socket was bound); "
+                       f"answer {r.answer_s:.2f} s, caught up {r.caught_s:.2f} s, "
+                       f"peak {r.hwm_mb:.0f} MB (at answer {r.hwm_answer_mb:.0f} MB), read "
+                       f"{r.read_gb:.2f} GB")
     for r in results.get("damaged", []):
-        rec = r["recovery"]
-        f = r["flip"]
-        details.append(f"damaged #{r['rep'] + 1}: byte {f['offset']:,} of segment {f['segment']} "
-                       f"({f['segment_bytes']:,} bytes) inverted; `status` journal.recovery: "
+        rec, f = r.recovery, r.flip
+        assert f is not None
+        details.append(f"damaged #{r.rep + 1}: byte {f.offset:,} of segment {f.segment} "
+                       f"({f.segment_bytes:,} bytes) inverted; `status` journal.recovery: "
                        f"truncated_bytes {rec['truncated_bytes']:,}, salvaged_records "
                        f"{rec['salvaged_records']:,}, damaged_copies "
                        f"{[os.path.basename(p) for p in rec['damaged_copies']]}; last seq "
-                       f"{r['last_seq_before']:,} before, {r['journal']['last_seq']:,} after; "
-                       f"{'OK' if r['damage_ok'] else 'NOT REPORTED'}")
+                       f"{r.last_seq_before:,} before, {r.journal.last_seq:,} after; "
+                       f"{'OK' if r.damage_ok else 'NOT REPORTED'}")
     for r in results.get("nocheckpoint", []):
-        details.append(f"nocheckpoint #{r['rep'] + 1}: run files restored to "
-                       f"{r['run_files_bytes']:,} bytes in {r['run_files']} files; "
-                       f"{r['records_after_checkpoint']:,} records read before the socket was "
-                       f"bound; answer {r['answer_s']:.2f} s (peak RSS then "
-                       f"{r['hwm_answer_mb']:.0f} MB), caught up {r['caught_s']:.2f} s "
-                       f"(peak {r['hwm_mb']:.0f} MB), read {r['read_gb']:.2f} GB")
+        details.append(f"nocheckpoint #{r.rep + 1}: run files restored to "
+                       f"{r.run_files_bytes:,} bytes in {r.run_files} files; "
+                       f"{r.records_after_checkpoint:,} records read before the socket was "
+                       f"bound; answer {r.answer_s:.2f} s (peak RSS then "
+                       f"{r.hwm_answer_mb:.0f} MB), caught up {r.caught_s:.2f} s "
+                       f"(peak {r.hwm_mb:.0f} MB), read {r.read_gb:.2f} GB")
     for case, rs in results.items():
         for r in rs:
-            if r["stuck"]:
-                details.append(f"{case} #{r['rep'] + 1}: the run store never caught up: "
-                               f"`status` runlog.error `{r['stuck']}` for {R_.STUCK_S:g} s, "
-                               f"{r['stuck_at']} (not waited for longer)")
+            if r.stuck:
+                details.append(f"{case} #{r.rep + 1}: the run store never caught up: "
+                               f"`status` runlog.error `{r.stuck}` for {R_.STUCK_S:g} s, "
+                               f"{r.stuck_at} (not waited for longer)")
     for r in results.get("clean", []):
-        details.append(f"clean #{r['rep'] + 1}: SIGTERM → exit {r['stop_s']:.2f} s (exit "
-                       f"{r['stop_exit']}); answer {r['answer_s']:.2f} s")
+        details.append(f"clean #{r.rep + 1}: SIGTERM → exit {r.stop_s:.2f} s (exit "
+                       f"{r.stop_exit}); answer {r.answer_s:.2f} s")
     if details:
         rep.add("Details:\n\n" + "\n".join(f"- {x}" for x in details))
 
@@ -204,7 +204,7 @@ def main() -> int:
     extra, code = R_.setup(args, root)
     d = C.Daemon(root, R_.HOLD_CONFIG, spool_dir=str(root / "spool"), extra_env=extra)
     run_ids = [f"bench-recovery-{os.urandom(2).hex()}-{k}" for k in range(args.clients)]
-    results: dict[str, list[dict[str, Any]]] = {}
+    results: dict[str, list[R_.Start]] = {}
     problems: list[str] = []
     try:
         print(f"reference: empty data dir x{args.reps} ...", file=sys.stderr)
@@ -212,18 +212,18 @@ def main() -> int:
         print(f"building a {args.gib:g} GiB journal with {args.clients} clients ...",
               file=sys.stderr)
         b = R_.build(d, args, run_ids)
-        print(f"  built {b['journal']['bytes'] / R_.GIB:.3f} GiB in {b['seconds']:.0f} s",
+        print(f"  built {b.journal.bytes / R_.GIB:.3f} GiB in {b.seconds:.0f} s",
               file=sys.stderr)
-        state: dict[str, Any] = {"last_seq": b["journal"]["last_seq"]}
+        state: dict[str, Any] = {"last_seq": b.journal.last_seq}
         for case in [c for c in R_.CASES if c in cases]:
             results[case] = []
             for rep in range(args.reps):
                 r = R_.one_case(case, d, args, run_ids, rep, state)
                 results[case].append(r)
-                print(f"  {case} #{rep + 1}: answer {r['answer_s']:.2f} s, caught up "
-                      f"{r['caught_s']:.2f} s{' STUCK: ' + r['stuck'] if r['stuck'] else ''}, "
-                      f"peak {r['hwm_mb']:.0f} MB", file=sys.stderr)
-                problems += [f"{case} #{rep + 1}: {x}" for x in r["log_problems"][:3]]
+                print(f"  {case} #{rep + 1}: answer {r.answer_s:.2f} s, caught up "
+                      f"{r.caught_s:.2f} s{' STUCK: ' + r.stuck if r.stuck else ''}, "
+                      f"peak {r.hwm_mb:.0f} MB", file=sys.stderr)
+                problems += [f"{case} #{rep + 1}: {x}" for x in r.log_problems[:3]]
     finally:
         exit_code = d.stop(timeout=120, check=False)
         if exit_code not in (0, None):
@@ -234,8 +234,8 @@ def main() -> int:
     res = new_report("recovery" + (f"-{args.rev}" if args.rev else ""), "magnusd recovery")
     report(res, args, b, results, load0, code)
     res.notes = problems
-    res.ok = (all(r.get("damage_ok", True) for r in results.get("damaged", []))
-              and not any(r["stuck"] for rs in results.values() for r in rs))
+    res.ok = (all(r.damage_ok for r in results.get("damaged", []))
+              and not any(r.stuck for rs in results.values() for r in rs))
     res.data = {"build": b, "cases": results}
     res.seconds = time.monotonic() - t_start
     save(res)
