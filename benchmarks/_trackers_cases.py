@@ -13,12 +13,85 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 import _common as C
+from _results import Stats
 
 CLIENT = str(C.HERE / "_trackers_client.py")
 KINDS = ("mlflow", "wandb", "tensorboard")
 LABEL = {"mlflow": "MLflow 3 (sqlite)", "wandb": "W&B (offline)", "tensorboard": "TensorBoard"}
 TAG = "bench"
+
+
+class PointsCheck(msgspec.Struct, kw_only=True):
+    """A tracker's stored points read back against steps 1..N with value 1/step."""
+
+    ok: bool
+    points: int = 0
+    missing: int = 0
+    duplicates: int = 0
+    unexpected: int = 0
+    bad_values: int = 0
+    error: str = ""
+
+
+class Delivery(msgspec.Struct, kw_only=True):
+    """One tracker fed through magnusd: from the client's first event until all delivered."""
+
+    deliver_s: float
+    eps: float
+    first_s: float
+    first_events: int
+    steady_eps: float
+    lag_after_flush_s: float
+    max_pending: int
+    errors: int
+    last_error: str | None
+    state: str
+    check: PointsCheck | None = None
+
+
+class MagnusClient(msgspec.Struct, kw_only=True):
+    calls: Stats
+    t_first: float
+    t_loop: float
+    t_flushed: float
+    loop_s: float
+    close_s: float
+    flush_ok: bool
+    warm_ok: bool
+    run_id: str | None
+
+
+class DaemonCase(msgspec.Struct, kw_only=True):
+    kinds: list[str]
+    n: int
+    run_id: str
+    trackers: dict[str, Delivery]
+    client: MagnusClient
+    client_stderr: str
+    daemon_cpu_s: float
+    rss_kb: tuple[int, int]
+    daemon_exit: int
+    daemon_stop_s: float
+    daemon_log_problems: list[str]
+
+
+class LibraryCase(msgspec.Struct, kw_only=True):
+    """A library's own call in a loop, in a fresh process."""
+
+    mode: str
+    n: int
+    calls: Stats
+    setup_s: float
+    loop_s: float
+    close_s: float
+    per_call: int = 1  # metrics per call (log_batch)
+    stderr: str
+    check: PointsCheck
+    mlflow_run_id: str | None = None
+    wandb_run_id: str | None = None
 
 
 # -- reading the data back ----------------------------------------------------------------
@@ -112,7 +185,7 @@ def tracker(st: dict[str, Any], name: str) -> dict[str, Any]:
     return next((t for t in st["trackers"] if t["name"] == name), {})
 
 
-def daemon_case(kinds: tuple[str, ...], n: int, keep: bool) -> dict[str, Any]:
+def daemon_case(kinds: tuple[str, ...], n: int, keep: bool) -> DaemonCase:
     root = C.short_tmpdir("mbt")
     d = C.Daemon(root, spool_dir=str(root / "spool"))
     d.config.write_text("experiment_tracker:\n" + "".join(tracker_yaml(k, root)
@@ -208,7 +281,7 @@ def daemon_case(kinds: tuple[str, ...], n: int, keep: bool) -> dict[str, Any]:
                          step_key="magnus/step/loss")
         res["trackers"][k]["check"] = chk
     C.remove_tree(root, keep)
-    return res
+    return msgspec.convert(res, DaemonCase)
 
 
 # -- the libraries alone ------------------------------------------------------------------
@@ -221,7 +294,7 @@ def stderr_problems(text: str) -> str:
     return "\n".join(keep)[:500]
 
 
-def library_case(mode: str, n: int, keep: bool) -> dict[str, Any]:
+def library_case(mode: str, n: int, keep: bool) -> LibraryCase:
     root = C.short_tmpdir("mbl")
     where = root / ("lib.db" if mode.startswith("mlflow") else "out")
     env = C.clean_env(WANDB_SILENT="true")
@@ -240,7 +313,7 @@ def library_case(mode: str, n: int, keep: bool) -> dict[str, Any]:
             res["check"] = verify(mode, where, n, wandb_id=res["wandb_run_id"])
     finally:
         C.remove_tree(root, keep)
-    return res
+    return msgspec.convert(res, LibraryCase)
 
 
 # -- for the report -------------------------------------------------------------------------
@@ -255,15 +328,15 @@ def eps_or_dash(v: float) -> str:
     return "-" if v != v else f"{v:,.0f}"  # NaN: the first batch held everything
 
 
-def landed(chk: dict[str, Any] | None) -> str:
+def landed(chk: PointsCheck | None) -> str:
     if not chk:
         return "-"
-    if chk.get("error"):
-        return f"FAIL ({chk['error']})"
-    if chk["ok"]:
-        return f"{chk['points']:,} ✓"
-    return (f"FAIL: {chk['points']:,} points, missing {chk['missing']}, dup "
-            f"{chk['duplicates']}, unexpected {chk['unexpected']}, bad {chk['bad_values']}")
+    if chk.error:
+        return f"FAIL ({chk.error})"
+    if chk.ok:
+        return f"{chk.points:,} ✓"
+    return (f"FAIL: {chk.points:,} points, missing {chk.missing}, dup "
+            f"{chk.duplicates}, unexpected {chk.unexpected}, bad {chk.bad_values}")
 
 
 LIB_FOR = {"mlflow": ["mlflow_metric", "mlflow_batch"], "wandb": ["wandb"],
@@ -276,5 +349,5 @@ LIB_CLOSE = {"mlflow_metric": "end_run", "mlflow_batch": "set_terminated", "wand
              "tbx": "close"}
 
 
-def lib_eps(r: dict[str, Any]) -> float:
-    return float(r["n"] / (r["loop_s"] + r["close_s"]))
+def lib_eps(r: LibraryCase) -> float:
+    return r.n / (r.loop_s + r.close_s)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
 import _common as C
 from _results import Report, Result, new_report, save, tbl
@@ -46,6 +45,8 @@ from _trackers_cases import (
     LIB_CALL,
     LIB_CLOSE,
     LIB_FOR,
+    DaemonCase,
+    LibraryCase,
     daemon_case,
     eps_or_dash,
     landed,
@@ -57,8 +58,8 @@ from _trackers_cases import (
 # -- report -------------------------------------------------------------------------------
 
 
-def report(rep: Report, n: int, alone: dict[str, dict[str, Any]],
-           together: dict[str, Any] | None, libs: dict[str, dict[str, Any]]) -> None:
+def report(rep: Report, n: int, alone: dict[str, DaemonCase],
+           together: DaemonCase | None, libs: dict[str, LibraryCase]) -> None:
     rep.intro = (f"N = {n:,} events `loss` = 1/i at steps 1..N, one run, one client process. "
            "µs per call: median / p99, every call timed alone (`track_this` for magnusd; for "
            "`log_batch`, per metric = per call / 1000). magnusd delivery = seconds from the "
@@ -68,34 +69,34 @@ def report(rep: Report, n: int, alone: dict[str, dict[str, Any]],
            "below. Landed = points read back from the tracker's storage with steps 1..N once "
            "and the right values.")
     problems = rep.notes
-    rows = []
+    rows: list[list[str | int]] = []
     for k in KINDS:
         a = alone.get(k)
-        tr = a["trackers"].get(k) if a else None
-        cl = a["client"] if a and "client" in a else None
-        lib_rows: list[dict[str, Any] | None] = [libs[m] for m in LIB_FOR[k] if m in libs]
+        tr = a.trackers.get(k) if a else None
+        cl = a.client if a else None
+        lib_rows: list[LibraryCase | None] = [libs[m] for m in LIB_FOR[k] if m in libs]
         lib_rows = lib_rows or [None]
         for j, lr in enumerate(lib_rows):
             first = j == 0
-            row = [f"**{LABEL[k]}**" if first else ""]
+            row: list[str | int] = [f"**{LABEL[k]}**" if first else ""]
             if first and cl and tr:
-                c = cl["calls"]
-                row += [f"{us(c['p50'])} / {us(c['p99'])}",
-                        f"{cl['loop_s']:.3f} + {cl['close_s']:.3f}",
-                        f"{tr['deliver_s']:.2f}", f"**{tr['eps']:,.0f}**",
-                        landed(tr.get("check"))]
+                c = cl.calls
+                row += [f"{us(c.p50)} / {us(c.p99)}",
+                        f"{cl.loop_s:.3f} + {cl.close_s:.3f}",
+                        f"{tr.deliver_s:.2f}", f"**{tr.eps:,.0f}**",
+                        landed(tr.check)]
             else:
                 row += ["", "", "", "", ""] if not first else ["-"] * 5
             if lr:
-                c = lr["calls"]
-                per = lr.get("per_call", 1)
-                med = f"{us(c['p50'] / per)} / {us(c['p99'] / per)}"
+                c = lr.calls
+                per = lr.per_call
+                med = f"{us(c.p50 / per)} / {us(c.p99 / per)}"
                 if per > 1:
-                    med += f" per metric ({us(c['p50'])} / {us(c['p99'])} per call)"
-                ratio = (c["p50"] / per) / cl["calls"]["p50"] if cl else float("nan")
-                row += [LIB_CALL[lr["mode"]], f"{lr['n']:,}", med, f"{ratio:,.0f}×",
-                        f"{lr['loop_s']:.2f} + {lr['close_s']:.2f}",
-                        f"**{lib_eps(lr):,.0f}**", landed(lr.get("check"))]
+                    med += f" per metric ({us(c.p50)} / {us(c.p99)} per call)"
+                ratio = (c.p50 / per) / cl.calls.p50 if cl else float("nan")
+                row += [LIB_CALL[lr.mode], f"{lr.n:,}", med, f"{ratio:,.0f}×",
+                        f"{lr.loop_s:.2f} + {lr.close_s:.2f}",
+                        f"**{lib_eps(lr):,.0f}**", landed(lr.check)]
             else:
                 row += ["-"] * 7
             rows.append(row)
@@ -115,35 +116,36 @@ def report(rep: Report, n: int, alone: dict[str, dict[str, Any]],
         rows = []
         for k in KINDS:
             a = alone.get(k)
-            if not a or k not in a["trackers"]:
+            if not a or k not in a.trackers:
                 continue
-            t = a["trackers"][k]
-            rows.append([LABEL[k], f"{t['first_s']:.2f} ({t['first_events']:,})",
-                         eps_or_dash(t["steady_eps"]), f"{t['deliver_s']:.2f}",
-                         f"{t['lag_after_flush_s']:.2f}", f"{t['max_pending']:,}",
-                         f"{a['daemon_cpu_s']:.2f}", f"{a['rss_kb'][1] / 1024:.0f}",
-                         f"{a['daemon_stop_s']:.2f}", t["errors"]])
+            t = a.trackers[k]
+            rows.append([LABEL[k], f"{t.first_s:.2f} ({t.first_events:,})",
+                         eps_or_dash(t.steady_eps), f"{t.deliver_s:.2f}",
+                         f"{t.lag_after_flush_s:.2f}", f"{t.max_pending:,}",
+                         f"{a.daemon_cpu_s:.2f}", f"{a.rss_kb[1] / 1024:.0f}",
+                         f"{a.daemon_stop_s:.2f}", t.errors])
         rep.add(tbl(["tracker", "first delivery s (events)", "steady events/s",
                             "all delivered s", "lag after flush s", "max pending",
                             "daemon CPU s", "daemon peak RSS MB", "daemon stop s", "errors"],
                            rows))
-    if together and together.get("trackers"):
-        cl = together["client"]
+    if together and together.trackers:
+        cl = together.client
         rep.add(f"\n## all three trackers in one daemon\n\nSame client and N; "
-                   f"`track_this` {us(cl['calls']['p50'])} / {us(cl['calls']['p99'])} µs, "
-                   f"client loop + flush {cl['loop_s']:.3f} + {cl['close_s']:.3f} s; daemon "
-                   f"CPU {together['daemon_cpu_s']:.2f} s, peak RSS "
-                   f"{together['rss_kb'][1] / 1024:.0f} MB.\n")
+                   f"`track_this` {us(cl.calls.p50)} / {us(cl.calls.p99)} µs, "
+                   f"client loop + flush {cl.loop_s:.3f} + {cl.close_s:.3f} s; daemon "
+                   f"CPU {together.daemon_cpu_s:.2f} s, peak RSS "
+                   f"{together.rss_kb[1] / 1024:.0f} MB.\n")
         rows = []
         for k in KINDS:
-            t = together["trackers"].get(k)
-            if not t:
+            tt = together.trackers.get(k)
+            if not tt:
                 continue
-            solo = alone.get(k, {}).get("trackers", {}).get(k)
-            rows.append([LABEL[k], f"{t['first_s']:.2f} ({t['first_events']:,})",
-                         f"{t['deliver_s']:.2f}", f"**{t['eps']:,.0f}**",
-                         f"{solo['eps']:,.0f}" if solo else "-", eps_or_dash(t["steady_eps"]),
-                         f"{t['max_pending']:,}", landed(t.get("check"))])
+            t = tt
+            solo = alone[k].trackers.get(k) if k in alone else None
+            rows.append([LABEL[k], f"{t.first_s:.2f} ({t.first_events:,})",
+                         f"{t.deliver_s:.2f}", f"**{t.eps:,.0f}**",
+                         f"{solo.eps:,.0f}" if solo else "-", eps_or_dash(t.steady_eps),
+                         f"{t.max_pending:,}", landed(t.check)])
         rep.add(tbl(["tracker", "first delivery s (events)", "all delivered s",
                             "events/s", "events/s alone (above)", "steady events/s",
                             "max pending", "landed"], rows))
@@ -154,41 +156,41 @@ def report(rep: Report, n: int, alone: dict[str, dict[str, Any]],
             r = libs.get(m)
             if not r:
                 continue
-            c = r["calls"]
-            per = r.get("per_call", 1)
-            rows.append([LIB_CALL[m], f"{r['n']:,}", c["n"], us(c["p50"] / per),
-                         us(c["p90"] / per), us(c["p99"] / per), us(c["max"] / per),
-                         f"{r['setup_s']:.2f}", f"{r['loop_s']:.2f}",
-                         f"{r['close_s']:.3f} ({LIB_CLOSE[m]})", f"{r['n'] / r['loop_s']:,.0f}",
+            c = r.calls
+            per = r.per_call
+            rows.append([LIB_CALL[m], f"{r.n:,}", c.n, us(c.p50 / per),
+                         us(c.p90 / per), us(c.p99 / per), us(c.max / per),
+                         f"{r.setup_s:.2f}", f"{r.loop_s:.2f}",
+                         f"{r.close_s:.3f} ({LIB_CLOSE[m]})", f"{r.n / r.loop_s:,.0f}",
                          f"{lib_eps(r):,.0f}"])
         rep.add(tbl(["call", "events", "timed calls", "median µs/event",
                             "p90", "p99", "max", "setup s", "loop s", "close s",
                             "events/s (loop)", "events/s (loop + close)"], rows))
-        if "mlflow_metric" in libs and libs["mlflow_metric"]["n"] < n:
-            rep.add(f"\n`mlflow.log_metric` ran {libs['mlflow_metric']['n']:,} calls, not "
-                       f"{n:,}: at its per-call cost N calls would take "
-                       f"~{n * libs['mlflow_metric']['calls']['mean'] / 1e9:.0f} s.")
+        lm = libs.get("mlflow_metric")
+        if lm and lm.n < n:
+            rep.add(f"\n`mlflow.log_metric` ran {lm.n:,} calls, not {n:,}: at its per-call cost "
+                    f"N calls would take ~{n * lm.calls.mean / 1e9:.0f} s.")
 
     for name, a in [*((f"daemon {k}", v) for k, v in alone.items()),
                     *([("daemon together", together)] if together else [])]:
-        for k, t in a.get("trackers", {}).items():
-            if not t.get("check", {}).get("ok"):
-                problems.append(f"{name}: {k} data did not land right: {t.get('check')}")
-            if t["errors"]:
-                problems.append(f"{name}: {k} errors {t['errors']}: {t['last_error']}")
-        if not a.get("client", {}).get("flush_ok", False):
+        for k, t in a.trackers.items():
+            if not (t.check is not None and t.check.ok):
+                problems.append(f"{name}: {k} data did not land right: {t.check}")
+            if t.errors:
+                problems.append(f"{name}: {k} errors {t.errors}: {t.last_error}")
+        if not a.client.flush_ok:
             problems.append(f"{name}: client flush() did not return True")
-        for p in a.get("daemon_log_problems", []):
+        for p in a.daemon_log_problems:
             problems.append(f"{name} daemon log: {p[:300]}")
-        if a.get("daemon_exit") != 0:
-            problems.append(f"{name}: daemon exited {a.get('daemon_exit')}")
-        if a.get("client_stderr"):
-            problems.append(f"{name}: client stderr: {a['client_stderr'][:300]}")
+        if a.daemon_exit != 0:
+            problems.append(f"{name}: daemon exited {a.daemon_exit}")
+        if a.client_stderr:
+            problems.append(f"{name}: client stderr: {a.client_stderr[:300]}")
     for m, r in libs.items():
-        if not r.get("check", {}).get("ok"):
-            problems.append(f"library {m}: data did not land right: {r.get('check')}")
-        if r.get("stderr"):
-            problems.append(f"library {m} stderr: {r['stderr'][:300]}")
+        if not (r.check is not None and r.check.ok):
+            problems.append(f"library {m}: data did not land right: {r.check}")
+        if r.stderr:
+            problems.append(f"library {m} stderr: {r.stderr[:300]}")
     rep.ok = not problems
 
 
@@ -209,9 +211,9 @@ def main() -> int:
     cases = set(args.cases.split(","))
     kinds = tuple(k for k in KINDS if k in args.trackers.split(","))
     t0 = time.monotonic()
-    alone: dict[str, dict[str, Any]] = {}
+    alone: dict[str, DaemonCase] = {}
     together = None
-    libs: dict[str, dict[str, Any]] = {}
+    libs: dict[str, LibraryCase] = {}
     if "daemon" in cases:
         for k in kinds:
             print(f"daemon, {k} tracker: {args.n:,} events ...", file=sys.stderr)
@@ -229,15 +231,15 @@ def main() -> int:
     rep = new_report("trackers", "real trackers: through magnusd vs. each library's own API")
     report(rep, args.n, alone, together, libs)
     for k, a in alone.items():
-        t, cl = a["trackers"].get(k), a.get("client")
+        t, cl = a.trackers.get(k), a.client
         if t and cl:
             rep.results.append(Result(name=f"{LABEL[k]}: `track_this`", unit="µs", n=args.n,
-                                      median=cl["calls"]["p50"] / 1e3,
-                                      p99=cl["calls"]["p99"] / 1e3,
-                                      p999=cl["calls"]["p99.9"] / 1e3))
+                                      median=cl.calls.p50 / 1e3,
+                                      p99=cl.calls.p99 / 1e3,
+                                      p999=cl.calls.p999 / 1e3))
             rep.results.append(Result(name=f"{LABEL[k]}: delivered through magnusd",
-                                      unit="events/s", n=args.n, median=t["eps"],
-                                      ok=bool(t.get("check", {}).get("ok"))))
+                                      unit="events/s", n=args.n, median=t.eps,
+                                      ok=t.check is not None and t.check.ok))
     rep.data = {"alone": alone, "together": together, "libraries": libs}
     rep.seconds = time.monotonic() - t0
     save(rep)
