@@ -11,8 +11,10 @@ import sys
 import time
 from typing import Any
 
+import msgspec
+
 import _common as C
-from _trackers_cases import TAG, tracker, tracker_yaml, verify
+from _trackers_cases import TAG, PointsCheck, tracker, tracker_yaml, verify
 
 CLIENT = str(C.HERE / "_trackers_client.py")
 KINDS = ("mlflow", "wandb", "tensorboard")
@@ -61,6 +63,50 @@ def viewer_state(log_text: str) -> str:
         if "viewer: cannot listen" in ln or ("viewer: " in ln and " WARNING " in ln):
             return "failed to listen"
     return "none"
+
+
+class Mem(msgspec.Struct, kw_only=True):
+    """One process's memory over the samples, kB: (VmRSS, VmHWM) first and last, largest VmRSS."""
+
+    pid: int = 0
+    comm: str = ""
+    first: tuple[int, int] = (0, 0)
+    last: tuple[int, int]
+    max_rss: int
+
+
+class Snapshot(msgspec.Struct):
+    daemon: tuple[int, int]
+    workers: dict[str, tuple[int, int]]
+    children: dict[str, int]
+
+
+class RssCase(msgspec.Struct, kw_only=True):
+    """One daemon (no tracker, or the three): memory of it, its workers and their children."""
+
+    kinds: list[str]
+    n: int
+    run_id: str
+    daemon_pid: int
+    up_s: float
+    after_start: Snapshot
+    runlog_s: float
+    caught_up_s: dict[str, float]
+    end: Snapshot
+    status_trackers: list[dict[str, Any]]
+    daemon: Mem
+    workers: dict[str, list[Mem]]
+    children: dict[str, list[Mem]]
+    samples: int
+    client: dict[str, Any]
+    daemon_exit: int
+    daemon_stop_s: float
+    daemon_log_problems: list[str]
+    viewer: str
+    check: dict[str, PointsCheck] | None = None
+    round: int = 1
+    name: str = ""
+    tot: tuple[int, int] = (0, 0)  # daemon + workers + children: VmRSS at the end, peaks
 
 
 class Track:
@@ -119,7 +165,7 @@ class Memory:
 
 
 def case(kinds: tuple[str, ...], n: int, every: float, do_verify: bool, keep: bool,
-         pythonpath: str | None = None) -> dict[str, Any]:
+         pythonpath: str | None = None) -> RssCase:
     root = C.short_tmpdir("mbr")
     wb = root / "wb"
     extra = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(wb),
@@ -229,7 +275,7 @@ def case(kinds: tuple[str, ...], n: int, every: float, do_verify: bool, keep: bo
                              step_key="magnus/step/loss")
             res["check"][k] = chk
     C.remove_tree(root, keep)
-    return res
+    return msgspec.convert(res, RssCase)
 
 
 

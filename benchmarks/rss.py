@@ -46,8 +46,8 @@ from typing import Any
 
 import _common as C
 from _results import Report, Result, new_report, save, tbl
-from _rss_cases import KINDS, LABEL, TARGET_MB, case, daemon_source, loadavg
-from _trackers_cases import tracker
+from _rss_cases import KINDS, LABEL, TARGET_MB, RssCase, case, daemon_source, loadavg
+from _trackers_cases import PointsCheck, tracker
 
 # -- report -------------------------------------------------------------------------------
 
@@ -56,18 +56,18 @@ def mb(kb: float) -> str:
     return f"{kb / 1024:.1f}"
 
 
-def landed(chk: dict[str, Any] | None) -> str:
+def landed(chk: PointsCheck | None) -> str:
     if chk is None:
         return "not checked"
-    if chk.get("error"):
-        return f"FAIL ({chk['error']})"
-    if chk["ok"]:
-        return f"{chk['points']:,} ✓"
-    return (f"FAIL: {chk['points']:,} points, missing {chk['missing']}, dup "
-            f"{chk['duplicates']}, bad {chk['bad_values']}")
+    if chk.error:
+        return f"FAIL ({chk.error})"
+    if chk.ok:
+        return f"{chk.points:,} ✓"
+    return (f"FAIL: {chk.points:,} points, missing {chk.missing}, dup {chk.duplicates}, bad "
+            f"{chk.bad_values}")
 
 
-def report(rep: Report, args: argparse.Namespace, results: list[dict[str, Any]], src: str,
+def report(rep: Report, args: argparse.Namespace, results: list[RssCase], src: str,
            load0: str, load1: str) -> None:
     rep.intro = (f"/proc/loadavg at start {load0}, at end {load1}; daemon code: {src}\n\n"
            f"N = {args.n:,} events (`loss` = 1/i, steps 1..N, one run, one client process as "
@@ -78,25 +78,25 @@ def report(rep: Report, args: argparse.Namespace, results: list[dict[str, Any]],
     problems = rep.notes
     rows: list[list[Any]] = []
     for r in results:
-        dm = r["daemon"]
-        peak = dm["last"][1]
+        dm = r.daemon
+        peak = dm.last[1]
         rows.append([
-            r["round"],
-            "none (reference)" if not r["kinds"] else ", ".join(LABEL[k] for k in r["kinds"]),
-            r.get("viewer", "?"), f"{r['n']:,}", mb(r["after_start"]["daemon"][0]),
-            mb(dm["last"][0]), mb(dm["max_rss"]), f"**{mb(peak)}**",
-            f"{r['runlog_s']:.2f}",
-            ("OK" if peak / 1024 <= TARGET_MB else "OVER") if r["kinds"] else "-"])
+            r.round,
+            "none (reference)" if not r.kinds else ", ".join(LABEL[k] for k in r.kinds),
+            r.viewer, f"{r.n:,}", mb(r.after_start.daemon[0]),
+            mb(dm.last[0]), mb(dm.max_rss), f"**{mb(peak)}**",
+            f"{r.runlog_s:.2f}",
+            ("OK" if peak / 1024 <= TARGET_MB else "OVER") if r.kinds else "-"])
     rep.add("## the daemon process\n")
     rep.add(tbl(["round", "trackers configured", "web viewer", "events",
                         "VmRSS after start MB",
                         "VmRSS at end MB", "largest VmRSS sampled MB", "peak VmHWM MB",
                         "run log caught up s", f"peak ≤ {TARGET_MB:g} MB"], rows))
-    none = [r for r in results if not r["kinds"]]
-    trk = [r for r in results if r["kinds"]]
+    none = [r for r in results if not r.kinds]
+    trk = [r for r in results if r.kinds]
     if none and trk:
-        def rng(rs: list[dict[str, Any]], i: int) -> str:
-            v = sorted(r["daemon"]["last"][i] for r in rs)
+        def rng(rs: list[RssCase], i: int) -> str:
+            v = sorted(r.daemon.last[i] for r in rs)
             return f"{mb(v[0])}–{mb(v[-1])}" if len(v) > 1 else mb(v[0])
 
         rep.add(f"\nDaemon peak (VmHWM) with the three trackers {rng(trk, 1)} MB, with no "
@@ -110,61 +110,61 @@ def report(rep: Report, args: argparse.Namespace, results: list[dict[str, Any]],
                    "= N / (caught up − go).\n")
     rows = []
     for tr in trk:
-        tot_last = tr["daemon"]["last"][0]
-        tot_peak = tr["daemon"]["last"][1]
-        for k in tr["kinds"]:
-            ws = tr["workers"].get(k, [])
-            st = tracker({"trackers": tr["status_trackers"]}, k)
+        tot_last = tr.daemon.last[0]
+        tot_peak = tr.daemon.last[1]
+        for k in tr.kinds:
+            ws = tr.workers.get(k, [])
+            st = tracker({"trackers": tr.status_trackers}, k)
             w = ws[-1] if ws else None
-            kids = [c for c in tr["children"].get(k, []) if c["last"] != (0, 0)]
-            kid_s = ("; ".join(f"{c['comm']} {mb(c['last'][0])} / {mb(c['max_rss'])} / "
-                               f"{mb(c['last'][1])}" for c in kids) or "-")
+            kids = [c for c in tr.children.get(k, []) if c.last != (0, 0)]
+            kid_s = ("; ".join(f"{c.comm} {mb(c.last[0])} / {mb(c.max_rss)} / "
+                               f"{mb(c.last[1])}" for c in kids) or "-")
             if w:
-                tot_last += w["last"][0] + sum(c["last"][0] for c in kids)
-                tot_peak += w["last"][1] + sum(c["last"][1] for c in kids)
-            chk = tr["check"].get(k) if "check" in tr else None
+                tot_last += w.last[0] + sum(c.last[0] for c in kids)
+                tot_peak += w.last[1] + sum(c.last[1] for c in kids)
+            chk = tr.check.get(k) if tr.check is not None else None
             rows.append([
-                tr["round"], LABEL[k], w["pid"] if w else "-",
-                mb(tr["after_start"]["workers"].get(k, (0, 0))[0]),
-                mb(w["last"][0]) if w else "-", mb(max(x["max_rss"] for x in ws)) if ws else "-",
-                f"**{mb(w['last'][1])}**" if w else "-", st.get("rss_mb"), kid_s,
-                f"{tr['caught_up_s'].get(k, float('nan')):.1f}",
-                f"{tr['n'] / tr['caught_up_s'][k]:,.0f}" if k in tr["caught_up_s"] else "-",
+                tr.round, LABEL[k], w.pid if w else "-",
+                mb(tr.after_start.workers.get(k, (0, 0))[0]),
+                mb(w.last[0]) if w else "-", mb(max(x.max_rss for x in ws)) if ws else "-",
+                f"**{mb(w.last[1])}**" if w else "-", st.get("rss_mb"), kid_s,
+                f"{tr.caught_up_s.get(k, float('nan')):.1f}",
+                f"{tr.n / tr.caught_up_s[k]:,.0f}" if k in tr.caught_up_s else "-",
                 st.get("restarts"), st.get("errors"), st.get("dead_lettered"),
                 landed(chk)])
             if len(ws) > 1:
-                problems.append(f"round {tr['round']} {k}: the worker's pid changed during the "
-                                f"run: {[x['pid'] for x in ws]}")
+                problems.append(f"round {tr.round} {k}: the worker's pid changed during the "
+                                f"run: {[x.pid for x in ws]}")
             if st.get("restarts") or st.get("errors") or st.get("dead_lettered"):
-                problems.append(f"round {tr['round']} {k}: restarts {st.get('restarts')}, "
+                problems.append(f"round {tr.round} {k}: restarts {st.get('restarts')}, "
                                 f"errors {st.get('errors')}, dead-lettered "
                                 f"{st.get('dead_lettered')}, last_error "
                                 f"{st.get('last_error')!r}")
-            if chk is not None and not chk.get("ok"):
-                problems.append(f"round {tr['round']} {k}: data did not land right: {chk}")
-        tr["tot"] = (tot_last, tot_peak)
+            if chk is not None and not chk.ok:
+                problems.append(f"round {tr.round} {k}: data did not land right: {chk}")
+        tr.tot = (tot_last, tot_peak)
     if trk:
-        rep.add(tbl(["round", "tracker", "worker pid", "VmRSS after start MB",
+        rep.add(tbl(["round", "tracker", ("worker pid", "d"), "VmRSS after start MB",
                             "VmRSS at end MB", "largest VmRSS sampled MB", "peak VmHWM MB",
                             "status rss_mb", "children: comm VmRSS / largest / peak MB",
                             "caught up s", "events/s", "restarts", "errors", "dead-lettered",
                             "landed"], rows))
         rep.add("\nAll processes together (daemon + workers + children; shared pages "
                    "counted in each), VmRSS at the end / sum of the peaks, MB: "
-                   + ", ".join(f"round {tr['round']} {mb(tr['tot'][0])} / {mb(tr['tot'][1])}"
+                   + ", ".join(f"round {tr.round} {mb(tr.tot[0])} / {mb(tr.tot[1])}"
                                for tr in trk)
                    + ". Every tracker `running` after "
-                   + ", ".join(f"{tr['up_s']:.1f}" for tr in trk)
+                   + ", ".join(f"{tr.up_s:.1f}" for tr in trk)
                    + " s from the daemon's start; the daemon stopped (SIGTERM → exit) in "
-                   + ", ".join(f"{tr['daemon_stop_s']:.2f}" for tr in trk) + " s.\n")
+                   + ", ".join(f"{tr.daemon_stop_s:.2f}" for tr in trk) + " s.\n")
     for r in results:
-        for p in r.get("daemon_log_problems", []):
-            problems.append(f"round {r['round']} {r['name']} daemon log: {p[:300]}")
-        if r.get("daemon_exit") != 0:
-            problems.append(f"round {r['round']} {r['name']}: daemon exited "
-                            f"{r.get('daemon_exit')}")
-        if not r.get("client", {}).get("flush_ok", False):
-            problems.append(f"round {r['round']} {r['name']}: client flush() did not return "
+        for p in r.daemon_log_problems:
+            problems.append(f"round {r.round} {r.name} daemon log: {p[:300]}")
+        if r.daemon_exit != 0:
+            problems.append(f"round {r.round} {r.name}: daemon exited "
+                            f"{r.daemon_exit}")
+        if not r.client.get("flush_ok", False):
+            problems.append(f"round {r.round} {r.name}: client flush() did not return "
                             "True")
     rep.ok = not problems
 
@@ -189,7 +189,7 @@ def main() -> int:
     load0 = loadavg()
     t0 = time.monotonic()
     pythonpath, src = daemon_source(args.daemon_rev)
-    results: list[dict[str, Any]] = []
+    results: list[RssCase] = []
     try:
         for rnd in range(1, args.rounds + 1):
             for name in ("none", "trackers"):
@@ -198,7 +198,7 @@ def main() -> int:
                 kinds = () if name == "none" else KINDS
                 print(f"round {rnd}, {name}: {args.n:,} events ...", file=sys.stderr)
                 r = case(kinds, args.n, args.every, not args.no_verify, args.keep, pythonpath)
-                r.update(round=rnd, name=name)
+                r.round, r.name = rnd, name
                 results.append(r)
     finally:
         if pythonpath:
@@ -206,11 +206,11 @@ def main() -> int:
     rep = new_report("rss", "magnusd memory: the daemon with the real trackers, and their workers")
     report(rep, args, results, src, load0, loadavg())
     for r in results:
-        peak = r["daemon"]["last"][1] / 1024
+        peak = r.daemon.last[1] / 1024
         rep.results.append(Result(
-            name=f"daemon peak VmHWM, round {r['round']}, "
-            + (", ".join(LABEL[k] for k in r["kinds"]) or "no tracker"), unit="MB", median=peak,
-            ok=peak <= TARGET_MB or not r["kinds"]))
+            name=f"daemon peak VmHWM, round {r.round}, "
+            + (", ".join(LABEL[k] for k in r.kinds) or "no tracker"), unit="MB", median=peak,
+            ok=peak <= TARGET_MB or not r.kinds))
     rep.data = results
     rep.seconds = time.monotonic() - t0
     save(rep)
