@@ -1,6 +1,6 @@
 """In-process tests of daemon parts with typed results: what an ingress read comes to (`Taken`),
-the op kinds of the fan-out, the worker wire's encoding, journal recovery, the run-store
-checkpoint and the command line's parser."""
+the op kinds of the fan-out, journal recovery, the run-store checkpoint, the command line's
+parser, crash isolation's bookkeeping and a worker's bisection of refused events."""
 
 from __future__ import annotations
 
@@ -142,3 +142,58 @@ def test_status_without_a_daemon_exits_3_with_one_line(
     assert main(["status", "--socket", str(tmp_path / "none.sock")]) == EXIT_NOT_RUNNING
     err = capsys.readouterr().err
     assert err.startswith("magnusd: magnusd is not running") and err.count("\n") == 1
+
+
+def test_deaths_on_one_op_isolate_it_and_a_death_on_one_of_its_events_dead_letters_that(
+        tmp_path: Path) -> None:
+    import json
+
+    from magnusd import _workerwire as wire
+    from magnusd._isolation import ISOLATE_AFTER, Isolation
+
+    dead = tmp_path / "t.dead.jsonl"
+    iso = Isolation("t", str(dead))
+    op = wire.Begin(7, 100)
+    assert not any(iso.died(op, "killed") for _ in range(ISOLATE_AFTER - 1))
+    assert iso.isolate == 0
+    assert not iso.died(op, "killed")
+    assert iso.isolate == 7
+    event = json.dumps({"seq": 8, "index": 3, "key": "x"})
+    assert iso.died(wire.Begin(7, 1, 3, 8, event), "worker was killed by SIGSEGV")
+    assert iso.skip == [(8, 3)]
+    line = json.loads(dead.read_text())
+    assert (line["key"], line["error"]) == ("x", "worker was killed by SIGSEGV")
+    iso.delivered(6)  # not yet past the isolated op
+    assert (iso.isolate, iso.skip) == (7, [(8, 3)])
+    iso.delivered(9)
+    assert (iso.isolate, iso.skip) == (0, [])
+
+
+def test_delivery_halves_a_refused_batch_until_the_refused_event_is_alone(
+        tmp_path: Path) -> None:
+    import json
+
+    from magnusd import _workerwire as wire
+    from magnusd._delivery import Delivered, Delivery
+    from magnusd._fanout import Op, OpKind
+    from magnusd._tracker import BaseExperimentTracker, Event, PermanentError
+
+    class Refuses(BaseExperimentTracker):
+        def __init__(self) -> None:
+            self.got: list[int] = []
+
+        def log_batch(self, events: list[Event]) -> None:
+            if any(e.value == 13 for e in events):
+                raise PermanentError("13 is refused")
+            self.got += [e.value for e in events]
+
+    sent: list[object] = []
+    tracker = Refuses()
+    dead = tmp_path / "t.dead.jsonl"
+    d = Delivery(tracker, sent.append, lambda _s: False, str(dead))
+    events = [Event("r", "", "s", "x", v, v, 1.0) for v in range(10, 18)]
+    op = Op(OpKind.EVENTS, events, seq=5, mark=8, first=5, origin=[(5, i) for i in range(8)])
+    assert d.deliver(op, False, {(5, 0)}) == Delivered(6, 1)  # (5, 0): dead-lettered before
+    assert sorted(tracker.got) == [11, 12, 14, 15, 16, 17]
+    assert [json.loads(x)["value"] for x in dead.read_text().splitlines()] == [13]
+    assert all(isinstance(m, wire.Begin) and m.first_seq == 5 for m in sent)
