@@ -21,6 +21,8 @@ from bisect import bisect_left
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 import _common as C
 
 CLIENT = str(C.HERE / "_viewer_client.py")
@@ -91,6 +93,105 @@ INJECT = r"""
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+class Timed(msgspec.Struct):
+    """Requests of one API path, ms: the first (cold) alone, then n more."""
+
+    first: float
+    median: float
+    p99: float
+    max: float
+    bytes: int
+    n: int
+
+
+class Spread(msgspec.Struct):
+    min: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+
+class PageLoad(msgspec.Struct, kw_only=True):
+    """One load of a run page, ms after `driver.get` was called."""
+
+    first_draw_ms: float
+    polled_ms: float
+    get_returned_ms: float
+    nav_start_ms: float
+    html_ms: float
+    dcl_ms: float
+    run_api_ms: float
+    series_api_ms: float
+
+
+class Live(msgspec.Struct, kw_only=True):
+    """Tracked -> in an open run page: latency from the client's clock to the page's."""
+
+    n: int
+    client: dict[str, Any]
+    rate: float
+    data: Spread
+    arrive: Spread
+    draw: Spread
+    missing_data: int
+    missing_draw: int
+    complete: bool
+    steps_ok: str
+    messages: int
+    draws: int
+    handler_ms: Spread
+    msg_kb_median: float
+    clock_offset_ms: float
+    clock_rtt_ms: float
+    daemon_cpu_s: float
+    waited_after_flush_s: float
+
+
+class IngestRound(msgspec.Struct, kw_only=True):
+    """Ingest from 2 clients with the browser on about:blank, the event stream, or the page."""
+
+    mode: str
+    page: bool
+    run_id: str
+    journal_eps: float
+    runlog_eps: float
+    client_loop_s: float
+    release_to_first_ms: float
+    daemon_cpu_s: float
+    browser_cpu_s: float
+    flush_ok: bool
+    events_delta: int
+    rss_kb: tuple[int, int]
+    lost: int
+    stream_mib: float = float("nan")
+    stream_done_after_flush_s: float = float("nan")
+    page_all_after_flush_s: float = float("nan")
+    page_points: int = 0
+    page_max_msg_kb: float = 0.0
+    page_errors: int = 0
+    page_bcpu_s: float = float("nan")
+
+
+class ViewerRun(msgspec.Struct, kw_only=True):
+    """Everything viewer.py measured (`measure` fills a dict; `msgspec.convert` checks it)."""
+
+    spool_ingest_s: float
+    runs: Timed
+    big_client: dict[str, Any]
+    big_wait_s: float
+    series: Timed
+    run: Timed
+    runs_page: dict[str, float]
+    loads: list[PageLoad]
+    live: Live
+    ingest: list[IngestRound]
+    status_ui: dict[str, Any] | None = None
+    daemon_exit: int
+    log_problems: list[str]
+    log_exceptions: dict[str, tuple[int, str]]
 
 
 class Api:
@@ -653,12 +754,12 @@ def measure(args: Any, d: C.Daemon, root: Path, R: dict[str, Any],
                 driver.quit()
 
 
-def page_cell(x: dict[str, Any]) -> str:
-    done = x["page_all_after_flush_s"]
-    when = f"all {x['page_points']:,} points +{done:.1f} s" if done == done else \
-        f"**stuck at {x['page_points']:,} points**"
-    return (f"{when}; {x['page_errors']} page errors; largest message "
-            f"{x['page_max_msg_kb'] / 1024:.1f} MiB; browser CPU {x['page_bcpu_s']:.1f} s")
+def page_cell(x: IngestRound) -> str:
+    done = x.page_all_after_flush_s
+    when = f"all {x.page_points:,} points +{done:.1f} s" if done == done else \
+        f"**stuck at {x.page_points:,} points**"
+    return (f"{when}; {x.page_errors} page errors; largest message "
+            f"{x.page_max_msg_kb / 1024:.1f} MiB; browser CPU {x.page_bcpu_s:.1f} s")
 
 
 def met(ok: bool) -> str:

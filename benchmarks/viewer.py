@@ -63,6 +63,8 @@ import sys
 import time
 from typing import Any
 
+import msgspec
+
 import _common as C
 import _viewer_cases as V
 from _results import Report, Result, new_report, save, tbl
@@ -104,37 +106,38 @@ def main() -> int:
         C.remove_tree(root, args.keep)
     rep = new_report("viewer", "the web viewer", f"{rev}; /proc/loadavg at start `{load_start}`, "
                      f"at end `{C.loadavg()}`.")
-    report(rep, args, R, rss, warnings)
-    lost = sum(x["lost"] for x in R["ingest"])
-    rep.ok = lost == 0 and R["live"]["steps_ok"] == "ok" and R["daemon_exit"] == 0
-    rep.data = R
+    run = msgspec.convert(R, V.ViewerRun)
+    report(rep, args, run, rss, warnings)
+    lost = sum(x.lost for x in run.ingest)
+    rep.ok = lost == 0 and run.live.steps_ok == "ok" and run.daemon_exit == 0
+    rep.data = run
     rep.seconds = time.monotonic() - t_start
     save(rep)
     return 0 if rep.ok else 1
 
 
-def report(rep: Report, args: Any, R: dict[str, Any], rss: list[tuple[str, int, int]],
+def report(rep: Report, args: Any, R: V.ViewerRun, rss: list[tuple[str, int, int]],
            warnings: list[str]) -> None:
     rows = []
     for key, what in (("runs", f"`GET /api/runs`, {args.runs:,} runs"),
                       ("series", f"`GET /api/runs/big/series?key=loss&step_name=main&"
                                  f"max_points=2000`, {args.points:,} points"),
                       ("run", f"`GET /api/runs/big` (the {args.points:,}-point run)")):
-        x = R[key]
-        target = (f"median {V.met(x['median'] <= V.API_TARGET_MS)}, "
-                  f"p99 {V.met(x['p99'] <= V.API_TARGET_MS)}") if key != "run" else "–"
-        rows.append([what, f"{x['bytes'] / 1024:,.0f} KiB", V.ms(x["first"]), V.ms(x["median"]),
-                     V.ms(x["p99"]), V.ms(x["max"]), target])
+        x = getattr(R, key)
+        target = (f"median {V.met(x.median <= V.API_TARGET_MS)}, "
+                  f"p99 {V.met(x.p99 <= V.API_TARGET_MS)}") if key != "run" else "–"
+        rows.append([what, f"{x.bytes / 1024:,.0f} KiB", V.ms(x.first), V.ms(x.median),
+                     V.ms(x.p99), V.ms(x.max), target])
     rep.add(f"API, ms from the request sent to the last byte read (one keep-alive "
                f"connection; first request alone, then {args.requests}):\n")
     rep.add(tbl(["request", "answer", "first (cold)", "median", "p99", "max",
                         f"target ≤ {V.API_TARGET_MS:.0f} ms"], rows))
-    rep.add(f"\n{args.runs:,} spooled runs were in the run log {R['spool_ingest_s']:.1f} s "
+    rep.add(f"\n{args.runs:,} spooled runs were in the run log {R.spool_ingest_s:.1f} s "
                f"after the daemon was started; the {args.points:,}-point client took "
-               f"{R['big_client']['s']:.1f} s to track and flush, its series was complete "
-               f"{R['big_wait_s']:.1f} s later.\n")
+               f"{R.big_client['s']:.1f} s to track and flush, its series was complete "
+               f"{R.big_wait_s:.1f} s later.\n")
 
-    loads = R["loads"]
+    loads = R.loads
     cols = ["first_draw_ms", "polled_ms", "get_returned_ms", "nav_start_ms", "html_ms",
             "dcl_ms", "run_api_ms", "series_api_ms"]
     names = ["**first chart drawn**", "seen by polling", "driver.get returned",
@@ -142,64 +145,64 @@ def report(rep: Report, args: Any, R: dict[str, Any], rss: list[tuple[str, int, 
              "`/series` done"]
     rows = []
     for c, nm in zip(cols, names, strict=True):
-        v = [x[c] for x in loads]
+        v = [float(getattr(x, c)) for x in loads]
         rows.append([nm, *[V.ms(y) for y in v], V.ms(statistics.median(v))])
     rep.add(f"Run page of the {args.points:,}-point run (`/runs/big`), ms after "
                f"`driver.get` was called, {len(loads)} loads (each after about:blank; load 1 "
                f"is the browser's first visit of this page):\n")
     rep.add(tbl(["moment", *[f"load {i + 1}" for i in range(len(loads))], "median"],
                        rows))
-    fd = statistics.median(x["first_draw_ms"] for x in loads)
+    fd = statistics.median(x.first_draw_ms for x in loads)
     rep.add(f"\nTarget first chart ≤ {V.FIRST_CHART_TARGET_MS:.0f} ms (median): {fd:.0f} ms, "
                f"{V.met(fd <= V.FIRST_CHART_TARGET_MS)}. The runs page listing {args.runs + 1:,} "
-               f"runs showed its count {R['runs_page']['shown_ms']:,.0f} ms after "
+               f"runs showed its count {R.runs_page['shown_ms']:,.0f} ms after "
                f"`driver.get` (its `/api/runs` answer was in at "
-               f"{R['runs_page']['api_ms']:,.0f} ms).\n")
+               f"{R.runs_page['api_ms']:,.0f} ms).\n")
 
-    L = R["live"]
+    L = R.live
     rows = []
     for key, nm in (("arrive", "message in the page (before its handler)"),
                     ("data", "**in the chart's data** (after the page's handler)"),
                     ("draw", "drawn (uPlot draw hook)")):
-        s = L[key]
-        rows.append([nm, V.ms(s["min"]), V.ms(s["p50"]), V.ms(s["p90"]), f"**{V.ms(s['p99'])}**"
-                     if key == "data" else V.ms(s["p99"]), V.ms(s["max"])])
-    rep.add(f"Tracked → in an open run page, {L['n']:,} events at "
-               f"{L['rate']:,.0f} events/s (client's own rate; largest catch-up burst "
-               f"{L['client']['max_burst']} events) for {args.seconds:.0f} s, ms from the "
+        s = getattr(L, key)
+        rows.append([nm, V.ms(s.min), V.ms(s.p50), V.ms(s.p90), f"**{V.ms(s.p99)}**"
+                     if key == "data" else V.ms(s.p99), V.ms(s.max)])
+    rep.add(f"Tracked → in an open run page, {L.n:,} events at "
+               f"{L.rate:,.0f} events/s (client's own rate; largest catch-up burst "
+               f"{L.client['max_burst']} events) for {args.seconds:.0f} s, ms from the "
                f"client's time.time() before `track_this` to the page's Date.now():\n")
     rep.add(tbl(["moment", "min", "p50", "p90", "p99", "max"], rows))
     rep.add(
         f"\nTarget p99 ≤ {V.LIVE_P99_TARGET_MS:.0f} ms (in the data): "
-        f"{V.met(L['data']['p99'] <= V.LIVE_P99_TARGET_MS)}. The page received {L['messages']} "
-        f"messages (median {L['msg_kb_median']:.0f} KiB), its handler took "
-        f"{V.ms(L['handler_ms']['p50'])} ms median / {V.ms(L['handler_ms']['max'])} ms max; "
-        f"{L['draws']} draws; final data {L['steps_ok']} (steps 0..{L['n']:,} exactly), "
-        f"steps never in the data {L['missing_data']}, never drawn {L['missing_draw']}. "
-        f"Clocks: page Date.now() − Python time.time() = {L['clock_offset_ms']:+.1f} ms "
-        f"(± {L['clock_rtt_ms'] / 2:.1f} ms round trip). Daemon CPU during it "
-        f"{L['daemon_cpu_s']:.2f} s.\n")
+        f"{V.met(L.data.p99 <= V.LIVE_P99_TARGET_MS)}. The page received {L.messages} "
+        f"messages (median {L.msg_kb_median:.0f} KiB), its handler took "
+        f"{V.ms(L.handler_ms.p50)} ms median / {V.ms(L.handler_ms.max)} ms max; "
+        f"{L.draws} draws; final data {L.steps_ok} (steps 0..{L.n:,} exactly), "
+        f"steps never in the data {L.missing_data}, never drawn {L.missing_draw}. "
+        f"Clocks: page Date.now() − Python time.time() = {L.clock_offset_ms:+.1f} ms "
+        f"(± {L.clock_rtt_ms / 2:.1f} ms round trip). Daemon CPU during it "
+        f"{L.daemon_cpu_s:.2f} s.\n")
 
-    ing = R["ingest"]
+    ing = R.ingest
     rows = []
     for i, x in enumerate(ing):
-        after = V.page_cell(x) if x["page"] else (
-            f"{x['stream_mib']:.1f} MiB streamed, the last byte "
-            f"{x['stream_done_after_flush_s']:+.1f} s"
-            if x["mode"] == "stream" else "–")
-        rows.append([str(i // len(V.MODES) + 1), V.MODES[x["mode"]],
-                     f"{x['journal_eps']:,.0f}", f"{x['runlog_eps']:,.0f}",
-                     f"{x['client_loop_s']:.2f}", f"{x['daemon_cpu_s']:.2f}",
-                     f"{x['browser_cpu_s']:.2f}", after,
-                     f"{V.mb(x['rss_kb'][0])} / {V.mb(x['rss_kb'][1])}", str(x["lost"])])
+        after = V.page_cell(x) if x.page else (
+            f"{x.stream_mib:.1f} MiB streamed, the last byte "
+            f"{x.stream_done_after_flush_s:+.1f} s"
+            if x.mode == "stream" else "–")
+        rows.append([str(i // len(V.MODES) + 1), V.MODES[x.mode],
+                     f"{x.journal_eps:,.0f}", f"{x.runlog_eps:,.0f}",
+                     f"{x.client_loop_s:.2f}", f"{x.daemon_cpu_s:.2f}",
+                     f"{x.browser_cpu_s:.2f}", after,
+                     f"{V.mb(x.rss_kb[0])} / {V.mb(x.rss_kb[1])}", str(x.lost)])
     rep.add(f"Ingest, {args.events:,} events from 2 clients (one run, steps `c0` and `c1`), "
                f"as fast as they can, then flush(); the browser running throughout; daemon and "
                f"browser CPU from the release to the run log caught up:\n")
     rep.add(tbl(["round", "browser on", "journal events/s", "run log events/s",
                         "slowest client loop s", "daemon CPU s", "browser CPU s",
                         "after the last flush", "daemon RSS / peak MB", "lost"], rows))
-    med = {m: statistics.median(x["journal_eps"] for x in ing if x["mode"] == m) for m in V.MODES}
-    medr = {m: statistics.median(x["runlog_eps"] for x in ing if x["mode"] == m) for m in V.MODES}
+    med = {m: statistics.median(x.journal_eps for x in ing if x.mode == m) for m in V.MODES}
+    medr = {m: statistics.median(x.runlog_eps for x in ing if x.mode == m) for m in V.MODES}
     ratio = med["page"] / med["none"]
     rep.add(f"\nMedian journal events/s: no page {med['none']:,.0f}, page open "
                f"{med['page']:,.0f}: ratio **{ratio:.3f}** (target ≥ {V.INGEST_TARGET:.2f}: "
@@ -211,12 +214,12 @@ def report(rep: Report, args: Any, R: dict[str, Any], rss: list[tuple[str, int, 
     rep.add("Daemon memory (the daemon process; no trackers configured), MB:\n")
     rep.add(tbl(["after", "VmRSS", "VmHWM (peak so far)"],
                        [[w, V.mb(a), V.mb(b)] for w, a, b in rss]))
-    notes = [f"daemon exit on SIGTERM: {R['daemon_exit']}"]
-    if R.get("status_ui"):
-        notes.append(f"status ui at the end: {R['status_ui']}")
-    for exc, (count, where) in R["log_exceptions"].items():
+    notes = [f"daemon exit on SIGTERM: {R.daemon_exit}"]
+    if R.status_ui:
+        notes.append(f"status ui at the end: {R.status_ui}")
+    for exc, (count, where) in R.log_exceptions.items():
         notes.append(f"daemon log: {count} traceback(s) ending `{exc}` (at {where})")
-    other = [x for x in R["log_problems"] if not x.startswith("Traceback")]
+    other = [x for x in R.log_problems if not x.startswith("Traceback")]
     if other:
         notes.append("daemon log: " + " / ".join(other[:8]))
     seen: dict[str, list[str]] = {}
@@ -229,16 +232,16 @@ def report(rep: Report, args: Any, R: dict[str, Any], rss: list[tuple[str, int, 
         notes.append(f"browser ×{len(wheres)} ({', '.join(places)}): `{msg}`")
     rep.notes = notes
     for key in ("runs", "series", "run"):
-        x = R[key]
+        x = getattr(R, key)
         rep.results.append(Result(name=f"API: {key}", unit="ms", n=args.requests,
-                                  median=x["median"], p99=x["p99"],
-                                  ok=key == "run" or x["p99"] <= V.API_TARGET_MS))
+                                  median=x.median, p99=x.p99,
+                                  ok=key == "run" or x.p99 <= V.API_TARGET_MS))
     rep.results += [
         Result(name="first chart drawn", unit="ms", n=len(loads), median=fd,
                ok=fd <= V.FIRST_CHART_TARGET_MS),
-        Result(name="live: tracked → in the chart's data", unit="ms", n=L["n"],
-               median=L["data"]["p50"], p99=L["data"]["p99"],
-               ok=L["data"]["p99"] <= V.LIVE_P99_TARGET_MS),
+        Result(name="live: tracked → in the chart's data", unit="ms", n=L.n,
+               median=L.data.p50, p99=L.data.p99,
+               ok=L.data.p99 <= V.LIVE_P99_TARGET_MS),
         Result(name="ingest with a live page ÷ without", unit="ratio", n=args.rounds,
                median=ratio, ok=ratio >= V.INGEST_TARGET)]
 
