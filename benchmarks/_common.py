@@ -23,9 +23,9 @@ if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
 
 import harness  # noqa: E402 - after the sys.path entry above
-from harness import MAGNUSD, PY, clean_env, free_port, mem_kb, send, wait_for  # noqa: E402
+from harness import MAGNUSD, PY, clean_env, mem_kb, send, wait_for  # noqa: E402
 
-__all__ = ["MAGNUSD", "PY", "Daemon", "clean_env", "free_port", "mem_kb", "send", "wait_for"]
+__all__ = ["MAGNUSD", "PY", "Daemon", "clean_env", "mem_kb", "send", "wait_for"]
 
 
 class Daemon(harness.Daemon):
@@ -150,38 +150,3 @@ def kill_all(procs: Sequence[subprocess.Popen[str]]) -> None:
         if p.poll() is None:
             p.kill()  # our own child, by pid
             p.wait()
-
-
-# -- legacy report helpers, until every script returns _results Structs ----------------------
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    from _results import Column
-    from render import table as render_table
-
-    return render_table([Column(h) for h in header], [[str(c) for c in r] for r in rows])
-
-
-def machine_line() -> str:
-    from _results import Machine
-
-    return Machine.now().line()
-
-
-def write_report(name: str, text: str) -> Path:
-    from _results import OUT_DIR
-
-    OUT_DIR.mkdir(exist_ok=True)
-    path = OUT_DIR / f"{name}.md"
-    path.write_text(text if text.endswith("\n") else text + "\n")
-    return path
-
-
-def start_clients(script: str, arg: str | Sequence[str], d: Daemon, run_ids: list[str],
-                  cspool: str) -> list[subprocess.Popen[str]]:
-    return d.start_clients(script, [arg] if isinstance(arg, str) else list(arg), run_ids,
-                           MAGNUS_SPOOL_DIR=cspool)
-
-
-def finish(d: Daemon, root: Path, keep: bool, res: dict[str, Any]) -> None:
-    res.update(d.finish(root, keep))
