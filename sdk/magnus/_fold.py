@@ -1,7 +1,8 @@
 """Folding run messages into the RunLog (design §5, §7): one place for the run log's rules.
 
 The daemon folds its run files and journal with it (`magnusd show`), and `magnus.testing`
-folds what a test captured in memory, so both answer exactly alike.
+folds what a test captured in memory, so both answer exactly alike. The result is a
+`magnus._runlog.RunLog` Struct.
 """
 
 from __future__ import annotations
