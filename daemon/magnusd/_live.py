@@ -29,7 +29,7 @@ SSE_EVERY_S = 0.25
 SSE_KEEPALIVE_S = 15.0
 LIVE_BYTES = 1 << 20  # journal read per live message
 LIVE_POINTS = 5000  # per series per message; more is downsampled (min and max kept)
-_decoder = msgspec.msgpack.Decoder(proto.Batch | proto.StepMark)
+_decoder = proto.journaled_decoder
 
 
 class LiveStreams:

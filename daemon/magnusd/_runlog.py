@@ -31,7 +31,7 @@ from ._runstore import (
 )
 
 _index_decoder = msgspec.msgpack.Decoder(StepSeen | proto.StepMark)
-_message_decoder = msgspec.msgpack.Decoder(proto.Batch | proto.StepMark)
+_message_decoder = proto.journaled_decoder
 
 
 _steps_decoder = proto.steps_decoder
