@@ -187,7 +187,7 @@ def test_a_job_across_two_hosts_is_one_run(make_daemon: Callable[..., Daemon], r
     assert sorted(step["rank_metrics"]) == ["1", "2", "3"]
 
 
-@pytest.mark.timeout(240)  # outages of 20 s on each side; 49 s here
+@pytest.mark.timeout(240)  # outages of 20 s on each side; 38-49 s here
 def test_outages_and_kills_on_every_side_lose_nothing_and_double_nothing(
         make_daemon: Callable[..., Daemon], root: Path, nats_server: Nats) -> None:
     central = make_host(make_daemon, root, "central", central_cfg(nats_server.url)).start()
@@ -259,7 +259,7 @@ def test_wrong_credentials_and_an_unreachable_server_are_status_errors(
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.timeout(240)  # an `mlflow server` start (its own wait allows 2 minutes), 33 s here
+@pytest.mark.timeout(240)  # an `mlflow server` start (its own wait allows 2 minutes), 24-33 s here
 def test_the_central_daemon_feeds_one_mlflow_server_for_every_host(
         make_daemon: Callable[..., Daemon], root: Path, nats_server: Nats) -> None:
     from test_tracker_mlflow import MlflowServer, client

@@ -108,7 +108,7 @@ def mlflow_cfg(uri: str, name: str = "mlflow") -> str:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "server"])
-@pytest.mark.timeout(180)  # "server" starts the module's `mlflow server`: 30 s here
+@pytest.mark.timeout(180)  # "server" starts the module's `mlflow server`: 30-52 s here
 def test_every_point_lands_in_one_run(make_daemon: Callable[..., Daemon], root: Path,
                                       request: pytest.FixtureRequest, backend: str) -> None:
     uri = (f"sqlite:///{root}/mlflow.db" if backend == "sqlite"
@@ -146,7 +146,7 @@ def test_restart_and_a_second_process_write_the_same_run(make_daemon: Callable[.
     assert len(client(uri).get_metric_history(run.info.run_id, "loss")) == 200
 
 
-@pytest.mark.timeout(240)  # starts `mlflow server` twice: 65 s here
+@pytest.mark.timeout(240)  # starts `mlflow server` twice: 65-72 s here
 def test_server_outage_loses_nothing(make_daemon: Callable[..., Daemon], root: Path) -> None:
     srv = MlflowServer(root)
     srv.start()
