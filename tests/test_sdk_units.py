@@ -153,3 +153,16 @@ def test_records_reads_the_calls_among_marks(steps: Steps) -> None:
     ctx = steps.current()
     entries = [1, 2.0, {"a": 1}, Mark("claim", ctx, ctx), 3, 4.0, {"b": 2}]
     assert _steps.records(entries) == [(1, 2.0, {"a": 1}), (3, 4.0, {"b": 2})]
+
+
+def test_environment_metrics_and_marks_are_not_for_trackers(steps: Steps) -> None:
+    ctx = steps.current()
+    steps.add_mark(Mark("env", ctx, ctx, metrics={"lr": 0.1, "opt": "adam"}))
+    entries = _steps.buffer[-1:]
+    del _steps.buffer[-1:]
+    start, env = decode(encoder(steps).encode(entries, steps.marks_added))
+    assert type(env) is _protocol.Batch and env.track is False and env.count() == 2
+    assert not _protocol.for_trackers(env) and _protocol.tracker_points(env) == 0
+    assert not _protocol.for_trackers(start)
+    head = _protocol.steps_decoder.decode(_protocol.encoder.encode(env))
+    assert type(head) is _protocol.BatchSteps and _protocol.tracker_points(head) == 0

@@ -18,8 +18,6 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
-import msgspec
-
 from magnus import _protocol as proto
 
 from ._journal import Journal, Reader
@@ -30,7 +28,7 @@ log = logging.getLogger("magnusd.fanout")
 READ_BYTES = 1 << 20  # journal bytes a runner takes at a time (bounds work in flight)
 OP_EVENTS = 5000  # events per log_batch call
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 10.0
-_decoder = msgspec.msgpack.Decoder(proto.Batch | proto.StepMark)
+_decoder = proto.journaled_decoder
 
 
 @dataclass
@@ -172,7 +170,7 @@ def to_ops(batch: list[tuple[int, int, bytes]]) -> list[Op]:
                 ops.append(Op(OpKind.EVENTS, seq=seq, mark=mark, first=seq))
             continue
         events: list[Event] = []
-        if msg.track:
+        if proto.for_trackers(msg):
             r, t, s, rank = msg.run_id, msg.tag, msg.step_name, msg.rank
             for step, ts, metrics in msg.rows():
                 for k, v in metrics.items():
@@ -202,6 +200,6 @@ def start_cursor(journal: Journal, backfill: bool) -> Cursor:
         return Cursor(journal.last_seq, journal.events)
     seq, mark, payload = batch[0]
     msg = _decoder.decode(payload)
-    n = msg.count() if type(msg) is proto.Batch and msg.track else 0
+    n = proto.tracker_points(msg)
     return Cursor(seq - 1, mark - n)
 

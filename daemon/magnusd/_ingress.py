@@ -122,7 +122,7 @@ class Ingress:
                     previous[msg.client_id] = self.dedup.last.get(msg.client_id)
                 if self.dedup.admit(msg.client_id, msg.seq):
                     to_journal.append(p)
-                    n = batch.count() if batch is not None and batch.track else 0
+                    n = proto.tracker_points(msg)
                     counts.append(n)
                     nrec += n
             elif not greeted and not isinstance(msg, proto.Hello):

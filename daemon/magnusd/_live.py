@@ -81,7 +81,7 @@ def _points(batch: list[tuple[int, int, bytes]], run_id: str | None,
             marks.append({"run_id": msg.run_id, "step_name": msg.step_name, "kind": msg.kind,
                           "status": msg.status})
             continue
-        if not msg.track:
+        if not proto.for_trackers(msg):
             continue
         for key, (steps, ts, values) in collect(msg).items():
             s = series.setdefault((msg.run_id, msg.step_name, key),

@@ -132,7 +132,7 @@ class RunStore:
                 self.attempts.note(_mark_decoder.decode(payload))
             else:
                 msg = _batch_decoder.decode(payload)
-                if msg.track:
+                if proto.for_trackers(msg):
                     for name, points in _series.collect(msg).items():
                         path = _series.path_of(self.runs_dir, h.run_id, h.step_name, name)
                         series.setdefault(path, []).append(points)

@@ -85,7 +85,7 @@ def _lines(msg: Any, run: str | None, tag: str | None, key: str | None) -> list[
         what = "started" if msg.kind == "start" else f"ended {msg.status or 'SUCCESS'}"
         why = f" ({msg.end_reason})" if msg.end_reason else ""
         return [f"{_clock(msg.ts)} {msg.run_id} {msg.step_name} {what}{why}"]
-    if not msg.track:
+    if not proto.for_trackers(msg):
         return []
     rank = f" rank {msg.rank}" if msg.rank else ""
     out = []

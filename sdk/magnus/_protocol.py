@@ -226,15 +226,20 @@ journaled_decoder: msgspec.msgpack.Decoder[Batch | StepMark] = msgspec.msgpack.D
     Journaled, ext_hook=_no_ext)
 
 
+def for_trackers(msg: Batch | StepMark | BatchSteps | MarkHead) -> bool:
+    """Whether trackers receive `msg`'s metric points: a tracked batch's, yes; environment
+    metrics (`track=False`: the run log only) and step marks, no. The one place that says."""
+    return (type(msg) is Batch or type(msg) is BatchSteps) and msg.track
+
+
 def tracker_points(msg: Batch | StepMark | BatchSteps | MarkHead) -> int:
-    """The metric points trackers receive from `msg`: a tracked batch's points; none from
-    environment metrics (`track=False`, run log only) or from step marks."""
+    """How many metric points trackers receive from `msg` (design §6's event unit)."""
+    if not for_trackers(msg):
+        return 0
     if type(msg) is Batch:
-        return msg.count() if msg.track else 0
-    if type(msg) is BatchSteps:
-        return (len(msg.steps) if msg.keys else sum([len(r[2]) for r in msg.records])
-                ) if msg.track else 0
-    return 0
+        return msg.count()
+    assert type(msg) is BatchSteps
+    return len(msg.steps) if msg.keys else sum([len(r[2]) for r in msg.records])
 
 
 def frame(msg: msgspec.Struct) -> bytes:

@@ -78,7 +78,7 @@ class Captured:
 
         out = []
         for m in self.messages:
-            if type(m) is proto.Batch and m.track:
+            if type(m) is proto.Batch and proto.for_trackers(m):
                 for step, ts, metrics in m.rows():
                     for key, value in metrics.items():
                         out.append({"run_id": m.run_id, "tag": m.tag, "step_name": m.step_name,
