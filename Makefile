@@ -54,6 +54,7 @@ lint: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/track_this.py
+	$(BIN)/python benchmarks/track_gc.py
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/swap.py
 	$(BIN)/python benchmarks/trackers.py
