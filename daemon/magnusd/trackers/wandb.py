@@ -49,11 +49,8 @@ environment (`WANDB_API_KEY`, `~/.netrc`) of the daemon; they never appear in th
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -62,13 +59,13 @@ from typing import Any, Literal
 import msgspec
 
 from .._tracker import BaseExperimentTracker, Event, RunInfo
+from ._wandb_offline import offline_records as offline_records
+from ._wandb_rows import STATUS_PREFIX, log_rows, wandb_run_id
+
+__all__ = ["WandbConfig", "WandbTracker", "offline_records", "wandb_run_id"]
 
 log = logging.getLogger("magnusd.trackers.wandb")
 MAX_OPEN_RUNS = 16
-STEP_PREFIX = "magnus/step/"
-STATUS_PREFIX = "magnus/status/"
-_ID_BAD = re.compile(r"[^A-Za-z0-9_-]")
-_RESERVED = ("_step", "_runtime", "_timestamp")
 
 
 class WandbConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -76,35 +73,6 @@ class WandbConfig(msgspec.Struct, forbid_unknown_fields=True):
     entity: str | None = None
     mode: Literal["online", "offline"] = "online"
     dir: str | None = None
-
-
-def wandb_run_id(run_id: str) -> str:
-    """The W&B run id of a magnus run: deterministic, `[A-Za-z0-9_-]{1,64}`."""
-    s = _ID_BAD.sub("-", run_id)
-    if s == run_id and 0 < len(s) <= 64:
-        return s
-    h = hashlib.sha256(run_id.encode()).hexdigest()[:8]
-    return f"{s[:55]}-{h}" if s else h
-
-
-def wandb_key(key: str) -> str:
-    if key in _RESERVED or key.startswith("_wandb"):
-        return "magnus/" + key
-    return key
-
-
-def flatten(key: str, value: Any, out: list[tuple[str, Any]]) -> None:
-    """(key, value) pairs W&B can log: dicts become dotted keys; lists, JSON strings."""
-    t = type(value)
-    if t is dict:
-        if not value:
-            out.append((key, "{}"))
-        for k, v in value.items():
-            flatten(f"{key}.{k}", v, out)
-    elif value is None or t in (int, float, bool, str):
-        out.append((key, value))
-    else:
-        out.append((key, json.dumps(value, default=repr)))
 
 
 def _import_wandb() -> Any:
@@ -235,40 +203,12 @@ class WandbTracker(BaseExperimentTracker):
             while j < n and events[j].run_id == first.run_id:
                 j += 1
             try:
-                self._log_run(self._open(first.run), events[i:j])
+                o = self._open(first.run)
+                log_rows(o.run, o.defined, events[i:j])
             except Exception:
                 self._drop(first.run_id)
                 raise
             i = j
-
-    def _log_run(self, o: _Open, events: list[Event]) -> None:
-        wrun = o.run
-        row: dict[str, Any] = {}
-        row_step = 0
-        for e in events:
-            key = wandb_key(e.name)
-            step_key = STEP_PREFIX + key
-            pairs: list[tuple[str, Any]] = []
-            flatten(key, e.value, pairs)
-            if row and (e.step != row_step or step_key in row
-                        or any(k in row for k, _ in pairs)):
-                wrun.log(row)
-                row = {}
-            if not row:
-                row_step = e.step
-                row["_timestamp"] = e.timestamp
-            glob_step = "*" in step_key
-            if not glob_step and step_key not in o.defined:
-                wrun.define_metric(step_key, hidden=True)
-                o.defined.add(step_key)
-            for k, v in pairs:
-                if k not in o.defined and not glob_step and k and "*" not in k:
-                    wrun.define_metric(k, step_metric=step_key)
-                    o.defined.add(k)
-                row[k] = v
-            row[step_key] = e.step
-        if row:
-            wrun.log(row)
 
     def on_step_end(self, run: RunInfo, status: str) -> None:
         try:
@@ -313,37 +253,3 @@ class WandbTracker(BaseExperimentTracker):
         finally:
             wrun.finish()
 
-
-def offline_records(path: str | os.PathLike[str]) -> Iterator[bytes]:
-    """The serialized records of an offline `.wandb` file (for tests and inspection).
-
-    The file is a LevelDB-style log: a 7-byte header (`:W&B`, magic 0xBEE1, version), then
-    32 KiB blocks of chunks (crc u32, length u16, type u8: full/first/middle/last); each
-    assembled record is a `wandb_internal_pb2.Record`. wandb ≥ 0.2x ships no Python reader.
-    """
-    import struct
-
-    with open(path, "rb") as f:
-        data = f.read()
-    ident, magic, _version = struct.unpack("<4sHB", data[:7])
-    if ident != b":W&B" or magic != 0xBEE1:
-        raise ValueError(f"{path} is not a W&B run file")
-    block, pos, buf = 32768, 7, b""
-    while pos + 7 <= len(data):
-        left = block - (pos % block)
-        if left < 7:  # block trailer
-            pos += left
-            continue
-        _crc, length, typ = struct.unpack("<IHB", data[pos:pos + 7])
-        pos += 7
-        chunk = data[pos:pos + length]
-        pos += length
-        if typ == 1:  # full
-            yield chunk
-        elif typ == 2:  # first
-            buf = chunk
-        elif typ == 3:  # middle
-            buf += chunk
-        elif typ == 4:  # last
-            yield buf + chunk
-            buf = b""
