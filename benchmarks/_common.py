@@ -13,7 +13,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ import harness  # noqa: E402 - after the sys.path entry above
 from harness import MAGNUSD, PY, clean_env, mem_kb, send, wait_for  # noqa: E402
 
 __all__ = ["MAGNUSD", "PY", "Daemon", "clean_env", "mem_kb", "send", "wait_for"]
+
+Status = dict[str, Any]
 
 
 class Daemon(harness.Daemon):
@@ -44,13 +47,66 @@ class Daemon(harness.Daemon):
             raise RuntimeError(f"magnusd show {run_id} failed")
         return run
 
-    def finish(self, root: Path, keep: bool, timeout: float = 60.0) -> dict[str, Any]:
-        """Stop (never raising on a slow stop), remove `root`; how it went."""
+    def finish(self, root: Path | None, keep: bool, timeout: float = 60.0) -> dict[str, Any]:
+        """Stop (never raising on a slow stop), remove `root` (None: keep it); how it went."""
         code = self.stop(timeout, check=False)
         res = {"daemon_exit": code, "stop_s": self.stop_s, "daemon_log_problems":
                self.log_problems()}
-        remove_tree(root, keep)
+        if root is not None:
+            remove_tree(root, keep)
         return res
+
+    def start_client(self, script: str, args: Sequence[str], run_id: str,
+                     **env: str) -> subprocess.Popen[str]:
+        """One `script` process on run `run_id`, once it printed `ready` (`start_clients`)."""
+        return self.start_clients(script, args, [run_id], **env)[0]
+
+    def watch(self, step: Callable[[Status, float], bool], timeout: float,
+              every: float = 0.01, what: str = "condition") -> Status:
+        """Ask `status` every `every` s and pass it with time.monotonic() to `step` until that
+        returns True; the last status. TimeoutError (the last status in it) past `timeout`."""
+        end = time.monotonic() + timeout
+        while True:
+            st = self.status()
+            now = time.monotonic()
+            if step(st, now):
+                return st
+            if now > end:
+                raise TimeoutError(f"{what}: not within {timeout} s; trackers "
+                                   f"{st.get('trackers')}\n{self.log_text(3000)}")
+            time.sleep(every)
+
+    def trackers_up(self, names: Sequence[str], timeout: float = 60.0, every: float = 0.02,
+                    ok: Callable[[Status], bool] | None = None) -> Status:
+        """Until every named tracker is `running` (with a worker pid) and `ok(its status)`."""
+        st: Status = wait_for(lambda: (s := self.status()) and all(
+            (t := tracker(s, n)).get("state") == "running" and t.get("pid")
+            and (ok is None or ok(t)) for n in names) and s,
+            timeout, every, f"trackers {list(names)} running")
+        return st
+
+
+def log_exceptions(text: str) -> dict[str, tuple[int, str]]:
+    """Each distinct exception line ending a traceback in a log: (how many, last frame)."""
+    out: dict[str, tuple[int, str]] = {}
+    lines = text.splitlines()
+    for i, ln in enumerate(lines):
+        if not ln.startswith("Traceback"):
+            continue
+        where = ""
+        for j in range(i + 1, len(lines)):
+            if lines[j].startswith("  File "):
+                where = lines[j].strip()
+            elif lines[j] and not lines[j].startswith(" "):
+                n, _ = out.get(lines[j], (0, ""))
+                out[lines[j]] = (n + 1, where)
+                break
+    return out
+
+
+def tracker(st: Status, name: str) -> dict[str, Any]:
+    """Tracker `name` in a status; {} while the daemon does not list it."""
+    return next((t for t in st.get("trackers", []) if t["name"] == name), {})
 
 
 def check_python() -> None:
@@ -114,6 +170,13 @@ def percentile(sorted_vals: Sequence[float], q: float) -> float:
     return sorted_vals[max(0, min(len(sorted_vals) - 1, k))]
 
 
+def spread(sorted_vals: Sequence[float]) -> dict[str, float]:
+    """min, p50, p90, p99 and max of already sorted values (NaN for none)."""
+    v, nan = sorted_vals, float("nan")
+    return {"min": v[0] if v else nan, "p50": percentile(v, 50), "p90": percentile(v, 90),
+            "p99": percentile(v, 99), "max": v[-1] if v else nan}
+
+
 def med(xs: Sequence[float]) -> float:
     """The median, NaN for no values."""
     return statistics.median(xs) if xs else float("nan")
@@ -145,8 +208,98 @@ def read_ready(procs: Sequence[subprocess.Popen[str]], timeout: float = 300
     return outs
 
 
-def kill_all(procs: Sequence[subprocess.Popen[str]]) -> None:
+def kill_all(procs: Sequence[subprocess.Popen[str] | None]) -> None:
     for p in procs:
-        if p.poll() is None:
+        if p is not None and p.poll() is None:
             p.kill()  # our own child, by pid
             p.wait()
+
+
+def stderr_problems(text: str) -> str:
+    """Lines of a client's stderr worth reporting (not the libraries' INFO chatter)."""
+    keep = [ln for ln in text.splitlines()
+            if any(w in ln for w in ("WARN", "ERROR", "Error", "Traceback", "CRITICAL"))]
+    return "\n".join(keep)[:500]
+
+
+# -- processes, from /proc ----------------------------------------------------------------
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children of all its threads, recursively)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of pid's descendants alive now (e.g. the browser under chromedriver)."""
+    return sum(x for p in descendants(pid) if (x := cpu_seconds(p)) == x)
+
+
+def proc_field(pid: int, name: str, key: str) -> str:
+    """/proc/<pid>/<name>: the whole file stripped (key ""), or the value after `key:`."""
+    try:
+        with open(f"/proc/{pid}/{name}") as f:
+            if not key:
+                return f.read().strip()
+            for line in f:
+                if line.startswith(key + ":"):
+                    return line.split()[1]
+    except OSError:
+        pass
+    return ""
+
+
+# -- the code measured (read-only git) ----------------------------------------------------
+
+
+def git(*args: str) -> str:
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")  # read-only: never refresh the index
+    return subprocess.run(["git", "-C", str(REPO), *args], env=env, capture_output=True,
+                          text=True, check=True, timeout=120).stdout.strip()
+
+
+def tree_state(*paths: str) -> str:
+    """HEAD, and how many files under `paths` have uncommitted changes."""
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *paths)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"(git: {e})"
+    n = len(dirty.splitlines())
+    under = " ".join(f"{p}/" for p in paths)
+    return f"HEAD {head}" + (f" + {n} uncommitted file(s) under {under}" if n else "")
+
+
+def checkout(rev: str, dest: Path, *paths: str) -> tuple[str, str]:
+    """`git archive REV PATHS | tar -x -C dest`: (the full commit id, a PYTHONPATH putting each
+    path's parent first, e.g. dest/daemon for daemon/magnusd)."""
+    commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    arch = subprocess.run(["git", "-C", str(REPO), "archive", commit, *paths],
+                          capture_output=True, timeout=120, check=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch.stdout, check=True, timeout=120)
+    return commit, ":".join(str(dest / Path(p).parent) for p in paths)
+
+
+def import_origin(extra_env: dict[str, str], *modules: str) -> list[str]:
+    """Where `modules` are imported from with `extra_env` (e.g. a PYTHONPATH)."""
+    code = "; ".join(f"import {m}; print({m}.__file__)" for m in modules)
+    r = subprocess.run([PY, "-c", code], env=clean_env(**extra_env), capture_output=True,
+                       text=True, check=True, timeout=60)
+    return r.stdout.split()

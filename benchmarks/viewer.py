@@ -68,6 +68,27 @@ import msgspec
 import _common as C
 import _viewer_cases as V
 from _results import Report, Result, new_report, save, tbl
+from _viewer_browser import CHROMIUM, DRIVER
+
+
+def ms(x: float) -> str:
+    return "–" if x != x else f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+
+def mb(kb: int) -> str:
+    return f"{kb / 1024:.0f}"
+
+
+def met(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+def page_cell(x: V.IngestRound) -> str:
+    done = x.page_all_after_flush_s
+    when = f"all {x.page_points:,} points +{done:.1f} s" if done == done else \
+        f"**stuck at {x.page_points:,} points**"
+    return (f"{when}; {x.page_errors} page errors; largest message "
+            f"{x.page_max_msg_kb / 1024:.1f} MiB; browser CPU {x.page_bcpu_s:.1f} s")
 
 
 def main() -> int:
@@ -87,11 +108,11 @@ def main() -> int:
     if args.quick:
         args.runs, args.points, args.requests, args.loads = 200, 20_000, 3, 2
         args.rate, args.seconds, args.events, args.rounds = 2_000, 3, 20_000, 1
-    if not (V.CHROMIUM and V.DRIVER):
+    if not (CHROMIUM and DRIVER):
         sys.exit("needs Debian's chromium and chromium-driver (/usr/bin/chromium, chromedriver)")
     t_start = time.monotonic()
     load_start = C.loadavg()
-    rev = V.revision()
+    rev = C.tree_state("sdk", "daemon")
     root = C.short_tmpdir("mbv")
     d = C.Daemon(root)
     warnings: list[str] = []
@@ -102,7 +123,7 @@ def main() -> int:
     finally:
         R["daemon_exit"] = d.stop(timeout=120, check=False)
         R["log_problems"] = d.log_problems()
-        R["log_exceptions"] = V.log_exceptions(d.log_text(None))
+        R["log_exceptions"] = C.log_exceptions(d.log_text(None))
         C.remove_tree(root, args.keep)
     rep = new_report("viewer", "the web viewer", f"{rev}; /proc/loadavg at start `{load_start}`, "
                      f"at end `{C.loadavg()}`.")
@@ -124,10 +145,10 @@ def report(rep: Report, args: Any, R: V.ViewerRun, rss: list[tuple[str, int, int
                                  f"max_points=2000`, {args.points:,} points"),
                       ("run", f"`GET /api/runs/big` (the {args.points:,}-point run)")):
         x = getattr(R, key)
-        target = (f"median {V.met(x.median <= V.API_TARGET_MS)}, "
-                  f"p99 {V.met(x.p99 <= V.API_TARGET_MS)}") if key != "run" else "–"
-        rows.append([what, f"{x.bytes / 1024:,.0f} KiB", V.ms(x.first), V.ms(x.median),
-                     V.ms(x.p99), V.ms(x.max), target])
+        target = (f"median {met(x.median <= V.API_TARGET_MS)}, "
+                  f"p99 {met(x.p99 <= V.API_TARGET_MS)}") if key != "run" else "–"
+        rows.append([what, f"{x.bytes / 1024:,.0f} KiB", ms(x.first), ms(x.median),
+                     ms(x.p99), ms(x.max), target])
     rep.add(f"API, ms from the request sent to the last byte read (one keep-alive "
                f"connection; first request alone, then {args.requests}):\n")
     rep.add(tbl(["request", "answer", "first (cold)", "median", "p99", "max",
@@ -146,7 +167,7 @@ def report(rep: Report, args: Any, R: V.ViewerRun, rss: list[tuple[str, int, int
     rows = []
     for c, nm in zip(cols, names, strict=True):
         v = [float(getattr(x, c)) for x in loads]
-        rows.append([nm, *[V.ms(y) for y in v], V.ms(statistics.median(v))])
+        rows.append([nm, *[ms(y) for y in v], ms(statistics.median(v))])
     rep.add(f"Run page of the {args.points:,}-point run (`/runs/big`), ms after "
                f"`driver.get` was called, {len(loads)} loads (each after about:blank; load 1 "
                f"is the browser's first visit of this page):\n")
@@ -154,7 +175,7 @@ def report(rep: Report, args: Any, R: V.ViewerRun, rss: list[tuple[str, int, int
                        rows))
     fd = statistics.median(x.first_draw_ms for x in loads)
     rep.add(f"\nTarget first chart ≤ {V.FIRST_CHART_TARGET_MS:.0f} ms (median): {fd:.0f} ms, "
-               f"{V.met(fd <= V.FIRST_CHART_TARGET_MS)}. The runs page listing {args.runs + 1:,} "
+               f"{met(fd <= V.FIRST_CHART_TARGET_MS)}. The runs page listing {args.runs + 1:,} "
                f"runs showed its count {R.runs_page['shown_ms']:,.0f} ms after "
                f"`driver.get` (its `/api/runs` answer was in at "
                f"{R.runs_page['api_ms']:,.0f} ms).\n")
@@ -165,8 +186,8 @@ def report(rep: Report, args: Any, R: V.ViewerRun, rss: list[tuple[str, int, int
                     ("data", "**in the chart's data** (after the page's handler)"),
                     ("draw", "drawn (uPlot draw hook)")):
         s = getattr(L, key)
-        rows.append([nm, V.ms(s.min), V.ms(s.p50), V.ms(s.p90), f"**{V.ms(s.p99)}**"
-                     if key == "data" else V.ms(s.p99), V.ms(s.max)])
+        rows.append([nm, ms(s.min), ms(s.p50), ms(s.p90), f"**{ms(s.p99)}**"
+                     if key == "data" else ms(s.p99), ms(s.max)])
     rep.add(f"Tracked → in an open run page, {L.n:,} events at "
                f"{L.rate:,.0f} events/s (client's own rate; largest catch-up burst "
                f"{L.client['max_burst']} events) for {args.seconds:.0f} s, ms from the "
@@ -174,9 +195,9 @@ def report(rep: Report, args: Any, R: V.ViewerRun, rss: list[tuple[str, int, int
     rep.add(tbl(["moment", "min", "p50", "p90", "p99", "max"], rows))
     rep.add(
         f"\nTarget p99 ≤ {V.LIVE_P99_TARGET_MS:.0f} ms (in the data): "
-        f"{V.met(L.data.p99 <= V.LIVE_P99_TARGET_MS)}. The page received {L.messages} "
+        f"{met(L.data.p99 <= V.LIVE_P99_TARGET_MS)}. The page received {L.messages} "
         f"messages (median {L.msg_kb_median:.0f} KiB), its handler took "
-        f"{V.ms(L.handler_ms.p50)} ms median / {V.ms(L.handler_ms.max)} ms max; "
+        f"{ms(L.handler_ms.p50)} ms median / {ms(L.handler_ms.max)} ms max; "
         f"{L.draws} draws; final data {L.steps_ok} (steps 0..{L.n:,} exactly), "
         f"steps never in the data {L.missing_data}, never drawn {L.missing_draw}. "
         f"Clocks: page Date.now() − Python time.time() = {L.clock_offset_ms:+.1f} ms "
@@ -186,7 +207,7 @@ def report(rep: Report, args: Any, R: V.ViewerRun, rss: list[tuple[str, int, int
     ing = R.ingest
     rows = []
     for i, x in enumerate(ing):
-        after = V.page_cell(x) if x.page else (
+        after = page_cell(x) if x.page else (
             f"{x.stream_mib:.1f} MiB streamed, the last byte "
             f"{x.stream_done_after_flush_s:+.1f} s"
             if x.mode == "stream" else "–")
@@ -194,7 +215,7 @@ def report(rep: Report, args: Any, R: V.ViewerRun, rss: list[tuple[str, int, int
                      f"{x.journal_eps:,.0f}", f"{x.runlog_eps:,.0f}",
                      f"{x.client_loop_s:.2f}", f"{x.daemon_cpu_s:.2f}",
                      f"{x.browser_cpu_s:.2f}", after,
-                     f"{V.mb(x.rss_kb[0])} / {V.mb(x.rss_kb[1])}", str(x.lost)])
+                     f"{mb(x.rss_kb[0])} / {mb(x.rss_kb[1])}", str(x.lost)])
     rep.add(f"Ingest, {args.events:,} events from 2 clients (one run, steps `c0` and `c1`), "
                f"as fast as they can, then flush(); the browser running throughout; daemon and "
                f"browser CPU from the release to the run log caught up:\n")
@@ -206,14 +227,14 @@ def report(rep: Report, args: Any, R: V.ViewerRun, rss: list[tuple[str, int, int
     ratio = med["page"] / med["none"]
     rep.add(f"\nMedian journal events/s: no page {med['none']:,.0f}, page open "
                f"{med['page']:,.0f}: ratio **{ratio:.3f}** (target ≥ {V.INGEST_TARGET:.2f}: "
-               f"{V.met(ratio >= V.INGEST_TARGET)}); the stream alone (no browser) "
+               f"{met(ratio >= V.INGEST_TARGET)}); the stream alone (no browser) "
                f"{med['stream']:,.0f} ({med['stream'] / med['none']:.3f}). Run log: "
                f"{medr['none']:,.0f} / {medr['page']:,.0f} / {medr['stream']:,.0f} "
                f"({medr['page'] / medr['none']:.3f}, {medr['stream'] / medr['none']:.3f}).\n")
 
     rep.add("Daemon memory (the daemon process; no trackers configured), MB:\n")
     rep.add(tbl(["after", "VmRSS", "VmHWM (peak so far)"],
-                       [[w, V.mb(a), V.mb(b)] for w, a, b in rss]))
+                       [[w, mb(a), mb(b)] for w, a, b in rss]))
     notes = [f"daemon exit on SIGTERM: {R.daemon_exit}"]
     if R.status_ui:
         notes.append(f"status ui at the end: {R.status_ui}")
