@@ -146,3 +146,18 @@ def test_plain_values_never_import_numpy_or_torch() -> None:
                                      capture_output=True, text=True,
                                      env={"MAGNUS_SOCKET": "/nonexistent/s", "PATH": ""})
     assert r.returncode == 0, r.stderr
+
+
+def test_values_reach_the_run_log_as_the_plain_values_they_became() -> None:
+    from magnus.testing import capture
+
+    with capture() as tracked:  # also gets what earlier tests left undelivered: own keys here
+        magnus.track_this(step=5, rl_f=math.inf, rl_n=None, rl_i=3, rl_s="é", rl_t=(1, 2),
+                          rl_a=np.arange(3, dtype=np.int64), rl_x=np.float32(0.5))
+    events = [e for e in tracked.events() if e["key"].startswith("rl_")]
+    assert {e["key"]: e["value"] for e in events} == {
+        "rl_f": math.inf, "rl_n": None, "rl_i": 3, "rl_s": "é", "rl_t": [1, 2],
+        "rl_a": [0, 1, 2], "rl_x": 0.5}
+    assert {e["step"] for e in events} == {5}
+    (step_name,) = {e["step_name"] for e in events}
+    assert tracked.metrics(step_name)["rl_x_5"] == 0.5
