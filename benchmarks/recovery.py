@@ -83,18 +83,31 @@ import os
 import statistics
 import sys
 import time
-from typing import Any
 
 import _common as C
 import _recovery_cases as R_
+from _recovery_start import STUCK_S, Start
 from _results import Report, Result, new_report, save, tbl
 
 
+def med_max(vals: list[float], fmt: str = "{:.2f}") -> str:
+    return f"{fmt.format(statistics.median(vals))} / {fmt.format(max(vals))}" if vals else "-"
+
+
+def caught_cell(rs: list[Start]) -> str:
+    ok = [r.caught_s for r in rs if not r.stuck]
+    stuck = [r for r in rs if r.stuck]
+    cell = f"**{med_max(ok)}**" if ok else ""
+    if stuck:
+        cell += (" — " if cell else "") + (f"**never: {len(stuck)} of {len(rs)} stuck** "
+                                           f"(`{stuck[0].stuck}`)")
+    return cell
+
 def report(rep: Report, args: argparse.Namespace, b: R_.Built,
-           results: dict[str, list[R_.Start]], load0: str, code: str) -> None:
+           results: dict[str, list[Start]], load0: str, code: str) -> None:
     bj = b.journal
     rep.title = f"magnusd recovery with a {bj.bytes / R_.GIB:.2f} GiB journal"
-    out = [f"/proc/loadavg at start {load0}, at end {R_.loadavg()}\n",
+    out = [f"/proc/loadavg at start {load0}, at end {C.loadavg()}\n",
            f"Daemon and SDK: {code}.\n",
            f"Journal built by {args.clients} client processes (`track_this(step=i, loss=...)`, "
            f"`flush()` every {args.flush_every:,} calls) in {b.seconds:.1f} s "
@@ -104,10 +117,8 @@ def report(rep: Report, args: argparse.Namespace, b: R_.Built,
            f"({bj.bytes / max(bj.events, 1):.1f} bytes/event), {bj.last_seq:,} records; "
            f"segment 1 still there: {b.segment1_kept}; build daemon peak RSS "
            f"{b.hwm_mb:.0f} MB.\n",
-           "Seconds from `Popen(magnusd serve)`; median / max of "
-           f"{args.reps}. 'recovered' = the daemon's log line `journal recovered in X s` (before "
-           "the socket is bound). Peak RSS = VmHWM once caught up; CPU and bytes read = the "
-           "daemon's, start to caught up. Journal columns as the case's last start found it.\n"]
+           f"Seconds from `Popen(magnusd serve)`, median / max of {args.reps} (see the script's "
+           "docstring for each column). Journal columns as the case's last start found it.\n"]
     rep.intro = "\n".join(out)
     rows: list[list[str | int]] = []
     for case in ("empty", "clean", "kill9", "nocheckpoint", "damaged"):  # the brief's order
@@ -119,13 +130,13 @@ def report(rep: Report, args: argparse.Namespace, b: R_.Built,
             R_.CASE_TITLE[case].replace("4 clients", f"{args.clients} clients"),
             f"{j.bytes / R_.GIB:.3f}", j.segments,
             f"{j.events / 1e6:.1f} M" if j.events >= 0 else "-",
-            R_.med_max([r.replayed for r in rs], "{:,.0f}"),
-            f"**{R_.med_max([r.answer_s for r in rs])}**",
-            R_.caught_cell(rs),
-            R_.med_max([r.recovered_s for r in rs]),
-            R_.med_max([r.hwm_mb for r in rs], "{:.0f}"),
-            R_.med_max([r.cpu_s for r in rs]),
-            R_.med_max([r.read_gb for r in rs]),
+            med_max([r.replayed for r in rs], "{:,.0f}"),
+            f"**{med_max([r.answer_s for r in rs])}**",
+            caught_cell(rs),
+            med_max([r.recovered_s for r in rs]),
+            med_max([r.hwm_mb for r in rs], "{:.0f}"),
+            med_max([r.cpu_s for r in rs]),
+            med_max([r.read_gb for r in rs]),
         ])
         ok = [r.answer_s for r in rs]
         rep.results.append(Result(name=f"{case}: answers `status`", unit="s", n=len(ok),
@@ -166,13 +177,12 @@ def report(rep: Report, args: argparse.Namespace, b: R_.Built,
         for r in rs:
             if r.stuck:
                 details.append(f"{case} #{r.rep + 1}: the run store never caught up: "
-                               f"`status` runlog.error `{r.stuck}` for {R_.STUCK_S:g} s, "
+                               f"`status` runlog.error `{r.stuck}` for {STUCK_S:g} s, "
                                f"{r.stuck_at} (not waited for longer)")
     for r in results.get("clean", []):
         details.append(f"clean #{r.rep + 1}: SIGTERM → exit {r.stop_s:.2f} s (exit "
                        f"{r.stop_exit}); answer {r.answer_s:.2f} s")
-    if details:
-        rep.add("Details:\n\n" + "\n".join(f"- {x}" for x in details))
+    rep.notes += details
 
 
 def main() -> int:
@@ -198,13 +208,13 @@ def main() -> int:
     if unknown := set(cases) - set(R_.CASES):
         sys.exit(f"unknown case(s): {', '.join(sorted(unknown))}")
     C.check_python()
-    load0 = R_.loadavg()
+    load0 = C.loadavg()
     t_start = time.monotonic()
     root = C.short_tmpdir("mbrec")
     extra, code = R_.setup(args, root)
     d = C.Daemon(root, R_.HOLD_CONFIG, spool_dir=str(root / "spool"), extra_env=extra)
     run_ids = [f"bench-recovery-{os.urandom(2).hex()}-{k}" for k in range(args.clients)]
-    results: dict[str, list[R_.Start]] = {}
+    results: dict[str, list[Start]] = {}
     problems: list[str] = []
     try:
         print(f"reference: empty data dir x{args.reps} ...", file=sys.stderr)
@@ -214,26 +224,17 @@ def main() -> int:
         b = R_.build(d, args, run_ids)
         print(f"  built {b.journal.bytes / R_.GIB:.3f} GiB in {b.seconds:.0f} s",
               file=sys.stderr)
-        state: dict[str, Any] = {"last_seq": b.journal.last_seq}
-        for case in [c for c in R_.CASES if c in cases]:
-            results[case] = []
-            for rep in range(args.reps):
-                r = R_.one_case(case, d, args, run_ids, rep, state)
-                results[case].append(r)
-                print(f"  {case} #{rep + 1}: answer {r.answer_s:.2f} s, caught up "
-                      f"{r.caught_s:.2f} s{' STUCK: ' + r.stuck if r.stuck else ''}, "
-                      f"peak {r.hwm_mb:.0f} MB", file=sys.stderr)
-                problems += [f"{case} #{rep + 1}: {x}" for x in r.log_problems[:3]]
+        R_.run_cases(d, args, run_ids, b, cases, results, problems)
     finally:
         exit_code = d.stop(timeout=120, check=False)
         if exit_code not in (0, None):
             problems.append(f"final SIGTERM: daemon exited {exit_code}")
         C.remove_tree(root, args.keep)
     if not args.rev:
-        code += f"; {R_.tree_state()} at the end"
+        code += f"; {C.tree_state('daemon', 'sdk')} at the end"
     res = new_report("recovery" + (f"-{args.rev}" if args.rev else ""), "magnusd recovery")
-    report(res, args, b, results, load0, code)
     res.notes = problems
+    report(res, args, b, results, load0, code)
     res.ok = (all(r.damage_ok for r in results.get("damaged", []))
               and not any(r.stuck for rs in results.values() for r in rs))
     res.data = {"build": b, "cases": results}
