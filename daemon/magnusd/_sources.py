@@ -65,7 +65,7 @@ class Source:
         self.conf: NatsSourceConfig = decode(defn, "$.sources")
         self.ingress = ingress
         self.journal = journal
-        self.state = "starting"
+        self.state: SourceState = SourceState.STARTING
         self.received = 0
         self.journaled = 0
         self.refused = 0
@@ -75,7 +75,7 @@ class Source:
         self.scope = anyio.CancelScope()
 
     def status(self) -> SourceStatus:
-        return SourceStatus(self.name, self.defn.type, SourceState(self.state), self.lag,
+        return SourceStatus(self.name, self.defn.type, self.state, self.lag,
                             self.received, self.journaled, self.refused, self.errors,
                             self.last_error)
 
@@ -88,15 +88,15 @@ class Source:
                 except Exception as e:  # the server, the network, credentials: retried
                     self.errors += 1
                     error = f"{type(e).__name__}: {e}"[:500]
-                    if self.state != "failing" or error != self.last_error:
+                    if self.state is not SourceState.FAILING or error != self.last_error:
                         log.error("source %r failing: %s (retrying with backoff)", self.name,
                                   error)
-                    self.state, self.last_error = "failing", error
+                    self.state, self.last_error = SourceState.FAILING, error
                     await anyio.sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
                 else:
                     backoff = BACKOFF_MIN
-        self.state = "stopped"
+        self.state = SourceState.STOPPED
 
     async def _consume(self) -> None:
         from nats.errors import TimeoutError as FetchTimeout
@@ -109,9 +109,9 @@ class Source:
             js = nc.jetstream(timeout=10)
             await ensure_stream(js, c.stream, c.subject, c.duplicate_window_s)
             sub = await js.pull_subscribe(f"{c.subject}.>", durable=c.durable, stream=c.stream)
-            if self.state != "running":
+            if self.state is not SourceState.RUNNING:
                 log.info("source %r: reading %s (durable %s)", self.name, c.stream, c.durable)
-            self.state, self.last_error = "running", None
+            self.state, self.last_error = SourceState.RUNNING, None
             while True:
                 try:
                     msgs = await sub.fetch(c.batch, timeout=1)

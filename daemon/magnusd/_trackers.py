@@ -28,7 +28,8 @@ from . import _workerwire as wire
 from ._config import Config, ConfigError, TrackerDef
 from ._fanout import Cursor, CursorStore, start_cursor
 from ._journal import Journal
-from ._status import TrackerStatus
+from ._status import TrackerState, TrackerStatus
+from ._swap import SwapOp, SwapPlan, plan_swap
 from ._tracker import BaseExperimentTracker
 from ._workerproc import Spawner, Worker
 from ._workers import Runner
@@ -39,10 +40,11 @@ STUCK_S = 3.0
 
 
 class Built(NamedTuple):
+    """A plan step's new worker, constructed and ready (None: kept, or failed)."""
+
     defn: TrackerDef
-    worker: Worker | None  # constructed and ready (None: kept, or failed)
+    worker: Worker | None
     error: str | None
-    keep: bool = False
 
 
 class Resolved(NamedTuple):
@@ -150,14 +152,15 @@ class Trackers:
             cfg = _config.parse(text or "", self.path, self.environ)
             if initial:  # runs seen while the workers load already name these trackers
                 self._set_definitions(text)
-            built = await self._construct(cfg, initial, text or "")
+            plan = plan_swap(self.runners, cfg.trackers)
+            built = await self._construct(cfg, plan, initial, text or "")
         except ConfigError as e:
             self.error = str(e)
             log.error("config reload (%s) rejected, %s: %s", reason,
                       "running without trackers" if initial else "the running trackers stay",
                       e)
             return False
-        self._swap(built)
+        self._swap(plan, built)
         for cb in self.on_sources:
             cb(cfg.sources or [])
         self.error = "\n".join(b.error for b in built if b.error) or None
@@ -177,19 +180,19 @@ class Trackers:
         for cb in self.on_change:
             cb(self.definitions)
 
-    async def _construct(self, cfg: Config, initial: bool, text: str) -> list[Built]:
-        """Workers for new and changed trackers, each constructed and ready, in parallel.
+    async def _construct(self, cfg: Config, plan: SwapPlan, initial: bool, text: str
+                         ) -> list[Built]:
+        """Workers for the plan's new and changed trackers, each constructed and ready, in
+        parallel; one `Built` per plan step (a kept one has no worker).
 
         A failure disables that tracker at start, and rejects the whole config on a reload
         (the workers already started are stopped).
         """
-        defs = cfg.trackers
-        out: list[Built | None] = [None] * len(defs)
+        out: list[Built | None] = [None] * len(plan.steps)
 
-        async def one(i: int, d: TrackerDef) -> None:
-            old = self.runners.get(d.key)
-            if old is not None and old.defn == d and old.constructed:
-                out[i] = Built(d, None, None, keep=True)  # unchanged: keep the runner
+        async def one(i: int, op: SwapOp, d: TrackerDef) -> None:
+            if op is SwapOp.KEEP:
+                out[i] = Built(d, None, None)  # unchanged: keep the runner
                 return
             spawned = await self.spawner.spawn(self._spec(d))
             worker, error = spawned.worker, spawned.error
@@ -203,8 +206,8 @@ class Trackers:
             out[i] = Built(d, worker, error)
 
         async with anyio.create_task_group() as tg:
-            for i, d in enumerate(defs):
-                tg.start_soon(one, i, d)
+            for i, (op, d) in enumerate(plan.steps):
+                tg.start_soon(one, i, op, d)
         built = [b for b in out if b is not None]
         problems = [b.error for b in built if b.error]
         if problems and not initial:
@@ -218,17 +221,16 @@ class Trackers:
                 log.error("%s; it is disabled", b.error)
         return built
 
-    def _swap(self, built: list[Built]) -> None:
+    def _swap(self, plan: SwapPlan, built: list[Built]) -> None:
         assert self._tg is not None
         new: dict[str, Runner] = {}
-        for b in built:
-            d = b.defn
-            old = self.runners.pop(d.key, None)
-            if b.keep and old is not None:
-                new[d.key] = old  # unchanged
+        for (op, d), b in zip(plan.steps, built, strict=True):
+            if op is SwapOp.KEEP:
+                new[d.key] = self.runners[d.key]  # unchanged
                 continue
             spec = self._spec(d)
-            if old is not None:  # changed: the new instance takes over the cursor
+            if op is SwapOp.REPLACE:  # changed: the new instance takes over the cursor
+                old = self.runners[d.key]
                 log.info("tracker %r: definition changed; the new instance takes over at the "
                          "old one's cursor", d.key)
                 old.stop()
@@ -244,7 +246,8 @@ class Trackers:
                 runner = Runner(d, spec, self.journal, self.cursors, cursor, b.worker, b.error)
             new[d.key] = runner
             self._tg.start_soon(runner.run)
-        for name, old in self.runners.items():
+        for name in plan.remove:
+            old = self.runners[name]
             log.info("tracker %r removed: it stops after the batch in hand", name)
             old.stop()
             self._tg.start_soon(self._retire, old)
@@ -274,8 +277,8 @@ class Trackers:
         """At shutdown: let trackers deliver what is pending (bounded; a tracker whose call
         has hung for STUCK_S is not waited for), then stop them."""
         with anyio.move_on_after(seconds):
-            while any(r.status().pending and r.state == "running"  # noqa: ASYNC110 - polls
-                      and not r.stuck(STUCK_S)                        # several runners' state
+            while any(r.status().pending and r.state is TrackerState.RUNNING  # noqa: ASYNC110
+                      and not r.stuck(STUCK_S)  # (it polls several runners' state)
                       for r in self.runners.values()):
                 await anyio.sleep(0.05)
         for r in self.runners.values():

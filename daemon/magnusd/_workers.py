@@ -81,7 +81,8 @@ class Runner:
         self.cursor = cursor
         self.worker = worker
         self.constructed = worker is not None
-        self.state = "disabled" if worker is None else "starting"
+        self.state: TrackerState = (TrackerState.DISABLED if worker is None
+                                    else TrackerState.STARTING)
         self.delivered = 0
         self.errors = 0
         self.dead_lettered = 0
@@ -99,7 +100,7 @@ class Runner:
     def status(self) -> TrackerStatus:
         flight = self.in_flight
         return TrackerStatus(
-            name=self.name, type=self.defn.type, state=TrackerState(self.state),
+            name=self.name, type=self.defn.type, state=self.state,
             pending=max(self.journal.events - self.cursor.mark, 0),
             delivered=self.delivered, errors=self.errors,
             last_error=self.last_error, cursor=self.cursor.seq,
@@ -153,8 +154,8 @@ class Runner:
                 self.worker.kill()
                 await self.worker.reap()
                 self.worker = None
-            if self.state != "disabled":
-                self.state = "stopped"
+            if self.state is not TrackerState.DISABLED:
+                self.state = TrackerState.STOPPED
             self.in_flight = None
             self.done.set()
 
@@ -175,7 +176,7 @@ class Runner:
                     backoff = min(backoff * 2, RESTART_MAX_S)
                     continue
             worker = self.worker
-            self.state = "running"
+            self.state = TrackerState.RUNNING
             life = await self._drive(worker)
             reason = life.ended
             code = await worker.reap()
@@ -193,7 +194,7 @@ class Runner:
                 if self.isolation.died(flight.begin, what):
                     self.dead_lettered += 1
             self.last_error = what
-            self.state = "restarting"
+            self.state = TrackerState.RESTARTING
             backoff = (RESTART_MIN_S if life.progressed or self.isolation.isolate
                        else min(max(backoff, RESTART_MIN_S) * 2, RESTART_MAX_S))
             log.error("tracker %r: %s; restarting in %.1f s (restart %d)", self.name, what,
@@ -220,11 +221,12 @@ class Runner:
                         iso.delivered(self.cursor.seq)
                     life.progressed = True
                 elif isinstance(msg, wire.Health):
-                    if msg.state == "failing":
+                    state = TrackerState(msg.state)  # a string on the wire
+                    if state is TrackerState.FAILING:
                         self.errors += 1
                         self.last_error = msg.error
                         self.in_flight = None  # backing off, not hung
-                    self.state = msg.state
+                    self.state = state
                 elif isinstance(msg, wire.Answer):
                     slot = self._asks.get(msg.id)
                     if slot is not None:
