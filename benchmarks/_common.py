@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 if str(REPO / "tests") not in sys.path:
@@ -76,6 +78,37 @@ class Daemon(harness.Daemon):
                                    f"{st.get('trackers')}\n{self.log_text(3000)}")
             time.sleep(every)
 
+    def follow(self, base: Status, n: int, names: Sequence[str] = (), *, timeout: float,
+               runlog: bool = True, every: float = 0.01, caught_up: bool = False,
+               sample: Callable[[Status], None] | None = None) -> Followed:
+        """Poll `status` (each passed to `sample`) until `n` events more than in `base` are in
+        the journal, the run log caught up with it (with `runlog`) and each named tracker
+        delivered `n` more with none pending (and says `caught_up`, with `caught_up`)."""
+        f = Followed(names)
+        b_deliv = {k: tracker(base, k).get("delivered", 0) for k in names}
+
+        def step(st: Status, now: float) -> bool:
+            if sample is not None:
+                sample(st)
+            journaled = st["events_total"] - base["events_total"] >= n
+            if (f.runlog is None and journaled
+                    and st["runlog"]["applied_seq"] == st["journal"]["last_seq"]):
+                f.runlog = now
+            for k in names:
+                t = tracker(st, k)
+                got = t.get("delivered", 0) - b_deliv[k]
+                f.max_pending[k] = max(f.max_pending[k], t.get("pending", 0))
+                if k not in f.first and got > 0:
+                    f.first[k] = (now, got)
+                if (k not in f.done and journaled and t["pending"] == 0 and got >= n
+                        and (t.get("caught_up") or not caught_up)):
+                    f.done[k] = now
+            f.st = st
+            return (f.runlog is not None or not runlog) and len(f.done) == len(names)
+
+        self.watch(step, timeout, every, "caught up")
+        return f
+
     def trackers_up(self, names: Sequence[str], timeout: float = 60.0, every: float = 0.02,
                     ok: Callable[[Status], bool] | None = None) -> Status:
         """Until every named tracker is `running` (with a worker pid) and `ok(its status)`."""
@@ -102,6 +135,32 @@ def log_exceptions(text: str) -> dict[str, tuple[int, str]]:
                 out[lines[j]] = (n + 1, where)
                 break
     return out
+
+
+class Ended(msgspec.Struct, kw_only=True):
+    """How a case's daemon ended (`Daemon.finish`): a base of the cases' result Structs."""
+
+    daemon_exit: int
+    stop_s: float
+    daemon_log_problems: list[str]
+
+    def problems(self, where: str) -> list[str]:
+        """Its log's problems and a non-zero exit, a line each."""
+        out = [f"{where} daemon log: {p[:300]}" for p in self.daemon_log_problems]
+        return out + ([f"{where}: daemon exited {self.daemon_exit}"] if self.daemon_exit else [])
+
+
+class Followed:
+    """What `Daemon.follow` saw, in time.monotonic(): when the run log caught up (`runlog`), when
+    each tracker first delivered (time, events) and had delivered all (`done`), its largest
+    pending; `st` the last status."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.runlog: float | None = None
+        self.first: dict[str, tuple[float, int]] = {}
+        self.done: dict[str, float] = {}
+        self.max_pending = dict.fromkeys(names, 0)
+        self.st: Status = {}
 
 
 def tracker(st: Status, name: str) -> dict[str, Any]:

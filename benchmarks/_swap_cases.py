@@ -1,32 +1,24 @@
 """The cases of benchmarks/swap.py: tracker hot swap latency and `file` tracker fan-out (see
-swap.py for what is measured). Each returns its measurements as a dict.
+swap.py for what is measured), each returning a Struct; the `file` tracker's side is in
+_file_tracker.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
 import subprocess
 import sys
 import time
-from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
 import _common as C
+from _file_tracker import FileCheck, exactly_once, first_line, read_lines, save_config
 
 STEADY = str(C.HERE / "_steady_client.py")
 INGEST = str(C.HERE / "_ingest_client.py")
-TARGET_S = 2.0
-MEDIAN_TARGET_S = 0.2  # replace → first line, median (worker-process design)
-INGEST_TARGET = 0.80  # ingest with the `file` tracker / without
-
-
-# -- helpers ------------------------------------------------------------------------------
 
 
 class Swap(msgspec.Struct, kw_only=True):
@@ -41,18 +33,7 @@ class Swap(msgspec.Struct, kw_only=True):
     state: str | None
 
 
-class FileCheck(msgspec.Struct, kw_only=True):
-    """(run_id, step) lines in `file` tracker output against what was sent."""
-
-    lines: int
-    missing: int
-    duplicates: int
-    unexpected: int
-    files: int = 1
-    keys: list[str] = []
-
-
-class SwapCase(msgspec.Struct, kw_only=True):
+class SwapCase(C.Ended, kw_only=True):
     rate: float
     run_id: str
     swaps: list[Swap]
@@ -63,10 +44,7 @@ class SwapCase(msgspec.Struct, kw_only=True):
     trackers_end: list[dict[str, Any]]
     main_check: FileCheck
     daemon_rss_kb: tuple[int, int]
-    client_stderr: list[str] = []
-    daemon_exit: int
-    stop_s: float
-    daemon_log_problems: list[str]
+    client_stderr: list[str] = msgspec.field(default_factory=list)
 
 
 class Replay(msgspec.Struct, kw_only=True):
@@ -82,7 +60,7 @@ class Replay(msgspec.Struct, kw_only=True):
     eps: float = float("nan")
 
 
-class FanoutCase(msgspec.Struct, kw_only=True):
+class FanoutCase(C.Ended, kw_only=True):
     clients: int
     events: int
     tracker: bool
@@ -109,112 +87,14 @@ class FanoutCase(msgspec.Struct, kw_only=True):
     check: FileCheck | None = None
     replay: Replay | None = None
     rss_kb: tuple[int, int]
-    client_stderr: list[str] = []
-    daemon_exit: int
-    stop_s: float
-    daemon_log_problems: list[str]
+    client_stderr: list[str] = msgspec.field(default_factory=list)
 
 
-def config_text(trackers: list[dict[str, Any]]) -> str:
-    lines = ["experiment_tracker:"]
-    for t in trackers:
-        lines.append("  - type: file")
-        lines.append(f"    name: {t['name']}")
-        if t.get("backfill"):
-            lines.append("    backfill: true")
-        lines.append(f"    config: {{path: {json.dumps(str(t['path']))}}}")
-    return "\n".join(lines) + "\n"
-
-
-def save_config(path: str | Path, trackers: list[dict[str, Any]]) -> tuple[float, float]:
-    """Write like an editor: temp file beside it, then os.replace; (monotonic, wall) right
-    after the replace."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(config_text(trackers))
-    os.replace(tmp, path)
-    return time.monotonic(), time.time()
-
-
-def first_line(path: Path, timeout: float, every: float = 0.001) -> tuple[float, bytes]:
-    """Poll `path` until it holds a complete first line; (time.monotonic() then, the line)."""
-    end = time.monotonic() + timeout
-    fd = -1
-    try:
-        while True:
-            if fd < 0:
-                with contextlib.suppress(FileNotFoundError):
-                    fd = os.open(path, os.O_RDONLY)
-            if fd >= 0:
-                data = os.pread(fd, 65536, 0)
-                nl = data.find(b"\n")
-                if nl >= 0:
-                    return time.monotonic(), data[:nl]
-            if time.monotonic() > end:
-                raise TimeoutError(f"no line in {path} within {timeout} s")
-            time.sleep(every)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-def reloaded(d: C.Daemon, before: float) -> dict[str, Any] | None:
+def reloaded(d: C.Daemon, before: float, timeout: float) -> dict[str, Any]:
     """The status once `config.loaded_at` moved past `before`."""
-    st = d.status()
-    return st if st["config"]["loaded_at"] != before else None
-
-
-def tracker(st: dict[str, Any], name: str) -> dict[str, Any] | None:
-    return next((t for t in st["trackers"] if t["name"] == name), None)
-
-
-def read_lines(paths: list[Path]) -> tuple[int, Counter[tuple[str, int]], set[str]]:
-    """(lines, Counter of (run_id, step), keys seen) over the files."""
-    import msgspec
-
-    class Line(msgspec.Struct):
-        run_id: str
-        key: str
-        step: int
-
-    dec = msgspec.json.Decoder(Line)
-    n = 0
-    seen: Counter[tuple[str, int]] = Counter()
-    keys: set[str] = set()
-    for p in paths:
-        if not p.exists():
-            continue
-        with open(p, "rb") as f:
-            for raw in f:
-                ln = dec.decode(raw)
-                n += 1
-                seen[(ln.run_id, ln.step)] += 1
-                keys.add(ln.key)
-    return n, seen, keys
-
-
-def exactly_once(seen: Counter[tuple[str, int]], expected: dict[str, int]) -> dict[str, Any]:
-    """Against run_id -> N (steps 0..N-1): missing, duplicated, unexpected."""
-    missing = sum(1 for rid, n in expected.items() for i in range(n) if (rid, i) not in seen)
-    dups = sum(c - 1 for c in seen.values() if c > 1)
-    unexpected = sum(c for (rid, i), c in seen.items()
-                     if rid not in expected or not 0 <= i < expected[rid])
-    return {"missing": missing, "duplicates": dups, "unexpected": unexpected}
-
-
-def collect(procs: list[subprocess.Popen[str]], res: dict[str, Any]) -> list[dict[str, Any]]:
-    outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=300)
-        if p.returncode != 0 or not out.strip():
-            raise RuntimeError(f"client exited {p.returncode}: {err}")
-        outs.append(json.loads(out.strip().splitlines()[-1]))
-        if err.strip():
-            res.setdefault("client_stderr", []).append(err.strip()[:300])
-    return outs
-
-
-kill_all = C.kill_all
+    st: dict[str, Any] = C.wait_for(lambda: (s := d.status())["config"]["loaded_at"] != before
+                                    and s, timeout, 0.005, "config.loaded_at to change")
+    return st
 
 
 def wait_delivered(d: C.Daemon, names: list[str], min_events: int, timeout: float,
@@ -225,8 +105,8 @@ def wait_delivered(d: C.Daemon, names: list[str], min_events: int, timeout: floa
         if st["events_total"] < min_events:
             return None
         for n in names:
-            t = tracker(st, n)
-            if t is None or t["pending"] or t["state"] != "running":
+            t = C.tracker(st, n)
+            if not t or t["pending"] or t["state"] != "running":
                 return None
         return st
 
@@ -248,8 +128,7 @@ def case_swap(rate: float, swaps: int, keep: bool) -> SwapCase:
     save_config(d.config, [{"name": "main", "path": main_paths[0]}])
     try:
         d.start()
-        C.wait_for(lambda: (t := tracker(d.status(), "main")) and t["state"] == "running", 10,
-                   0.02, "tracker main running")
+        d.trackers_up(["main"], 10)
         procs = d.start_clients(STEADY, [str(rate)], [run_id],
                                   MAGNUS_SPOOL_DIR=str(root / "cspool"))
         C.send(procs, "go\n")
@@ -271,9 +150,8 @@ def case_swap(rate: float, swaps: int, keep: bool) -> SwapCase:
             t_rep, w_rep = save_config(d.config, trackers)
             t_seen, line = first_line(new, 15)
             ev = json.loads(line)
-            st = C.wait_for(functools.partial(reloaded, d, before), 5, 0.005,
-                            "config.loaded_at to change")
-            t = tracker(st, name)
+            st = reloaded(d, before, 5)
+            t = C.tracker(st, name)
             res["swaps"].append({
                 "kind": kind, "tracker": name,
                 "first_line_s": t_seen - t_rep,
@@ -286,7 +164,8 @@ def case_swap(rate: float, swaps: int, keep: bool) -> SwapCase:
                   file=sys.stderr)
             time.sleep(0.3)  # let the previous change settle (and its debounce window pass)
         C.send(procs, "stop\n")
-        outs = collect(procs, res)
+        outs = C.read_ready(procs)
+        res["client_stderr"] = [o["stderr"][:300] for o in outs if o["stderr"]]
         n = outs[0]["n"]
         res.update(events=n, flush_ok=outs[0]["flush_ok"], max_burst=outs[0]["max_burst"],
                    achieved_rate=n / (outs[0]["t_last"] - outs[0]["t_first"]))
@@ -298,7 +177,7 @@ def case_swap(rate: float, swaps: int, keep: bool) -> SwapCase:
                              **exactly_once(seen, {run_id: n})}
         res["daemon_rss_kb"] = d.rss_kb()
     finally:
-        kill_all(procs)
+        C.kill_all(procs)
         res.update(d.finish(root, keep))
     return msgspec.convert(res, SwapCase)
 
@@ -322,8 +201,7 @@ def case_fanout(nclients: int, per: int, with_tracker: bool, keep: bool) -> Fano
         d.start()
         assert d.proc is not None
         if with_tracker:
-            C.wait_for(lambda: (t := tracker(d.status(), "main")) and t["state"] == "running",
-                       10, 0.02, "tracker main running")
+            d.trackers_up(["main"], 10)
         procs = d.start_clients(INGEST, [str(per)], run_ids,
                                   MAGNUS_SPOOL_DIR=str(root / "cspool"))
         base = d.status()
@@ -332,34 +210,18 @@ def case_fanout(nclients: int, per: int, with_tracker: bool, keep: bool) -> Fano
         wpid0 = d.workers(base)
         wcpu0 = {n: C.cpu_seconds(pid) for n, pid in wpid0.items()}
         C.send(procs, "go\n")
-        t_runlog = t_fan = None
-        max_pending = 0
-        end = time.monotonic() + 300
-        while time.monotonic() < end:
-            st = d.status()
-            now = time.monotonic()
-            got = st["events_total"] - base["events_total"] >= total
-            if t_runlog is None and got and st["runlog"]["applied_seq"] == st["journal"][
-                    "last_seq"]:
-                t_runlog = now
-            if with_tracker:
-                t = tracker(st, "main")
-                assert t is not None
-                max_pending = max(max_pending, t["pending"])
-                if t_fan is None and got and t["pending"] == 0 and t["delivered"] >= total:
-                    t_fan = now
-            if t_runlog is not None and (t_fan is not None or not with_tracker):
-                break
-            time.sleep(0.01)
-        else:
-            raise TimeoutError(f"not caught up within 300 s: {st}")
+        names = ["main"] if with_tracker else []
+        f = d.follow(base, total, names, timeout=300)
+        st, t_runlog, t_fan = f.st, f.runlog, f.done.get("main")
+        assert t_runlog is not None
         cpu1 = C.cpu_seconds(d.proc.pid)
         wpid1 = d.workers(st)
         # A worker restarted meanwhile (new pid): its predecessor's CPU is lost, so NaN.
         res["worker_cpu_s"] = sum(C.cpu_seconds(pid) - wcpu0[n] if wpid0.get(n) == pid
                                   else float("nan") for n, pid in wpid1.items())
         res["worker_rss_kb"] = {n: C.mem_kb(pid) for n, pid in wpid1.items()}
-        outs = collect(procs, res)
+        outs = C.read_ready(procs)
+        res["client_stderr"] = [o["stderr"][:300] for o in outs if o["stderr"]]
         t_first = min(o["t_first"] for o in outs)
         t_flushed = max(o["t_flushed"] for o in outs)
         res.update(
@@ -368,12 +230,11 @@ def case_fanout(nclients: int, per: int, with_tracker: bool, keep: bool) -> Fano
             flush_ok=all(o["flush_ok"] for o in outs),
             events_total=st["events_total"] - base["events_total"],
             duplicates_skipped=st.get("duplicates_skipped"),
-            daemon_cpu_s=cpu1 - cpu0, max_pending=max_pending,
+            daemon_cpu_s=cpu1 - cpu0, max_pending=f.max_pending.get("main", 0),
         )
         if with_tracker:
             assert t_fan is not None
-            t = tracker(st, "main")
-            assert t is not None
+            t = C.tracker(st, "main")
             res.update(fan_s=t_fan - t_first, fan_lag_s=t_fan - t_flushed,
                        delivered=t["delivered"], tracker_errors=t["errors"],
                        tracker_last_error=t["last_error"], restarts=t["restarts"])
@@ -385,12 +246,10 @@ def case_fanout(nclients: int, per: int, with_tracker: bool, keep: bool) -> Fano
             _, w_rep = save_config(d.config, [{"name": "main", "path": fan_path},
                                               {"name": "replay", "path": rpath,
                                                "backfill": True}])
-            C.wait_for(lambda: d.status()["config"]["loaded_at"] != before, 10, 0.005,
-                       "replay config loaded")
+            reloaded(d, before, 10)
             _, st2 = wait_delivered(d, ["replay"], 0, 120, every=0.01)
             w_done = time.time()
-            r = tracker(st2, "replay")
-            assert r is not None
+            r = C.tracker(st2, "replay")
             rlines, rseen, _ = read_lines([rpath])
             res["replay"] = {"delivered": r["delivered"], "lines": rlines,
                              "s": w_done - st2["config"]["loaded_at"],
@@ -398,7 +257,7 @@ def case_fanout(nclients: int, per: int, with_tracker: bool, keep: bool) -> Fano
                              **exactly_once(rseen, dict.fromkeys(run_ids, per))}
         res["rss_kb"] = d.rss_kb()
     finally:
-        kill_all(procs)
+        C.kill_all(procs)
         res.update(d.finish(root, keep, timeout=120))
     res["ingest_eps"] = total / res["ingest_s"]
     res["runlog_eps"] = total / res["runlog_s"]
@@ -407,3 +266,4 @@ def case_fanout(nclients: int, per: int, with_tracker: bool, keep: bool) -> Fano
         rp = res["replay"]
         rp["eps"] = rp["delivered"] / rp["s"] if rp["s"] > 0 else float("nan")
     return msgspec.convert(res, FanoutCase)
+

@@ -46,7 +46,7 @@ import sys
 import time
 
 import _common as C
-from _results import Report, Result, new_report, save, tbl
+from _results import Cell, Report, Result, new_report, save, tbl
 from _swap_cases import FanoutCase, SwapCase, case_fanout, case_swap
 
 TARGET_S = 2.0
@@ -66,10 +66,6 @@ def report(rep: Report, swap: SwapCase | None, fans: list[FanoutCase]) -> None:
     problems = rep.notes
     if swap:
         sw = swap.swaps
-        rep.add(f"## swap latency (target ≤ {TARGET_S:g} s)\n\nOne client at "
-                   f"{swap.achieved_rate:,.0f} events/s (asked {swap.rate:,.0f}); the "
-                   "config file replaced with `os.replace`; seconds from the replace, "
-                   "median / max.\n")
         rows = []
         for kind in ("path", "new name"):
             s = [x for x in sw if x.kind == kind]
@@ -87,9 +83,11 @@ def report(rep: Report, swap: SwapCase | None, fans: list[FanoutCase]) -> None:
                 "OK" if statistics.median(x.first_line_s for x in s) <= MEDIAN_TARGET_S
                 else "over"])
         rep.add(tbl(["change", "swaps", "replace → config.loaded_at",
-                            "replace → first line in new file",
-                            "first line's `timestamp` − replace", "max ≤ 2 s",
-                            f"median ≤ {MEDIAN_TARGET_S:g} s"], rows))
+                     "replace → first line in new file", "first line's `timestamp` − replace",
+                     "max ≤ 2 s", f"median ≤ {MEDIAN_TARGET_S:g} s"], rows,
+                    f"swap latency (target ≤ {TARGET_S:g} s)",
+                    f"One client at {swap.achieved_rate:,.0f} events/s (asked "
+                    f"{swap.rate:,.0f}); seconds from the replace, median / max."))
         mc = swap.main_check
         ok = (mc.missing == 0 and mc.duplicates == 0 and mc.unexpected == 0
               and swap.flush_ok)
@@ -104,48 +102,31 @@ def report(rep: Report, swap: SwapCase | None, fans: list[FanoutCase]) -> None:
         if errs:
             problems.append(f"swap: {len(errs)} swap(s) with a config error or a tracker not "
                             f"running: {errs[:2]}")
-        rep.add("<details><summary>each swap (s)</summary>\n")
-        rep.add(tbl(["#", "change", "tracker", "→ loaded_at", "→ first line",
-                            "first `timestamp` − replace"],
-                           [[i, x.kind, x.tracker, f"{x.loaded_s:.3f}",
-                             f"{x.first_line_s:.3f}", f"{x.first_ts_s:.3f}"]
-                            for i, x in enumerate(sw, 1)]))
-        rep.add("\n</details>\n")
-        for p in swap.daemon_log_problems:
-            problems.append(f"swap daemon log: {p}")
-        if swap.daemon_exit != 0:
-            problems.append(f"swap daemon exited {swap.daemon_exit}")
+        rep.add(tbl(["#", "change", "tracker", ("→ loaded_at", ".3f"), ("→ first line", ".3f"),
+                     ("first `timestamp` − replace", ".3f")],
+                    [[i, x.kind, x.tracker, x.loaded_s, x.first_line_s, x.first_ts_s]
+                     for i, x in enumerate(sw, 1)], "each swap (s)"))
+        problems += swap.problems("swap") + [f"client stderr: {e}" for e in swap.client_stderr]
     if fans:
-        rep.add("## `file` tracker fan-out while ingest runs at full speed\n\nFrom the "
-                   "first event of any client; events/s = events / that time. Fan-out lag = "
-                   "fan-out done − ingest done. CPU from release to caught up: the daemon "
-                   "process, and (the tracker runs in its own process) its worker. Rounds "
-                   "alternate: with the tracker, then the baseline, each a fresh daemon.\n")
-        rows = []
+        frows: list[list[Cell]] = []
         for r in fans:
-            c = r.check
-            w = r.worker_rss_kb.get("main")
-            rows.append([
-                r.round,
-                "`file` tracker" if r.tracker else "no tracker (baseline)",
-                f"{r.clients} × {r.events // r.clients:,}",
-                f"{r.ingest_s:.2f}", f"**{r.ingest_eps:,.0f}**",
-                f"{r.runlog_eps:,.0f}",
-                f"{r.fan_s:.2f}" if r.tracker else "-",
-                f"**{r.fan_eps:,.0f}**" if r.tracker else "-",
-                f"{r.fan_lag_s:.2f}" if r.tracker else "-",
-                f"{r.max_pending:,}" if r.tracker else "-",
-                f"{r.daemon_cpu_s:.2f}",
-                f"{r.worker_cpu_s:.2f}" if r.tracker else "-",
+            c, w, t = r.check, r.worker_rss_kb.get("main"), r.tracker
+            frows.append([
+                r.round, "`file` tracker" if t else "no tracker (baseline)",
+                f"{r.clients} × {r.events // r.clients:,}", r.ingest_s, r.ingest_eps,
+                r.runlog_eps, r.fan_s, r.fan_eps, r.fan_lag_s, r.max_pending if t else None,
+                r.daemon_cpu_s, r.worker_cpu_s if t else None,
                 f"{r.rss_kb[1] / 1024:.0f}" + (f" / {w[1] / 1024:.0f}" if w else ""),
-                f"{c.lines:,}" if c else "-",
-                f"{c.missing} / {c.duplicates}" if c else "-",
-            ])
-        rep.add(tbl(["round", "case", "clients × events", "ingest s", "ingest events/s",
-                            "run log events/s", "fan-out s", "fan-out events/s",
-                            "fan-out lag s", "max pending", "daemon CPU s", "worker CPU s",
-                            "peak RSS MB daemon / worker", "lines in file",
-                            "missing / duplicated"], rows))
+                c.lines if c else None, f"{c.missing} / {c.duplicates}" if c else "-"])
+        rep.add(tbl(["round", "case", "clients × events", ("ingest s", ".2f"),
+                     ("ingest events/s", "*,.0f"), ("run log events/s", ",.0f"),
+                     ("fan-out s", ".2f"), ("fan-out events/s", "*,.0f"),
+                     ("fan-out lag s", ".2f"), "max pending", ("daemon CPU s", ".2f"),
+                     ("worker CPU s", ".2f"), "peak RSS MB daemon / worker", "lines in file",
+                     "missing / duplicated"], frows,
+                    "`file` tracker fan-out while ingest runs at full speed",
+                    "Rounds alternate: with the tracker, then the baseline, each a fresh "
+                    "daemon (see the script's docstring for each column)."))
         pairs = [(a, b) for a in fans for b in fans if a.tracker and not b.tracker
                  and a.round == b.round]
         if pairs:
@@ -167,10 +148,9 @@ def report(rep: Report, swap: SwapCase | None, fans: list[FanoutCase]) -> None:
                        "second `file` tracker with `backfill: true` replays the retained "
                        "journal; events/s from its `config.loaded_at`):\n")
             rep.add(tbl(
-                ["round", "events", "s from loaded_at", "events/s", "s from the replace",
-                 "lines in file", "missing / duplicated"],
-                [[rnd, f"{rp.delivered:,}", f"{rp.s:.2f}", f"**{rp.eps:,.0f}**",
-                  f"{rp.from_replace_s:.2f}", f"{rp.lines:,}",
+                ["round", "events", ("s from loaded_at", ".2f"), ("events/s", "*,.0f"),
+                 ("s from the replace", ".2f"), "lines in file", "missing / duplicated"],
+                [[rnd, rp.delivered, rp.s, rp.eps, rp.from_replace_s, rp.lines,
                   f"{rp.missing} / {rp.duplicates}"] for rnd, rp in reps]))
         for r in fans:
             if not r.tracker:
@@ -186,15 +166,7 @@ def report(rep: Report, swap: SwapCase | None, fans: list[FanoutCase]) -> None:
                 problems.append(f"fan-out: tracker errors {r.tracker_errors}, restarts "
                                 f"{r.restarts}: {r.tracker_last_error}")
         for r in fans:
-            for p in r.daemon_log_problems:
-                problems.append(f"fan-out daemon log: {p}")
-            if r.daemon_exit != 0:
-                problems.append(f"fan-out daemon exited {r.daemon_exit}")
-            for e in r.client_stderr:
-                problems.append(f"client stderr: {e}")
-    if swap:
-        for e in swap.client_stderr:
-            problems.append(f"client stderr: {e}")
+            problems += r.problems("fan-out") + [f"client stderr: {e}" for e in r.client_stderr]
     rep.ok = not problems
 
 
