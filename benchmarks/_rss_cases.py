@@ -4,7 +4,6 @@ memory of the daemon, its tracker workers and their children sampled until caugh
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,44 +13,13 @@ from typing import Any
 import msgspec
 
 import _common as C
-from _trackers_cases import TAG, PointsCheck, tracker, tracker_yaml, verify
+from _trackers_cases import PointsCheck, magnus_client, tracker_daemon, verify_run
 
-CLIENT = str(C.HERE / "_trackers_client.py")
-KINDS = ("mlflow", "wandb", "tensorboard")
-LABEL = {"mlflow": "MLflow (sqlite)", "wandb": "W&B (offline)", "tensorboard": "TensorBoard"}
 TARGET_MB = 60.0
 
 
-loadavg = C.loadavg
-
-
 def comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (children of all its threads, recursively)."""
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            tids = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    kids = [int(x) for x in f.read().split()]
-            except OSError:
-                continue
-            out += kids
-            todo += kids
-    return out
+    return C.proc_field(pid, "comm", "") or "?"
 
 
 def viewer_state(log_text: str) -> str:
@@ -81,7 +49,7 @@ class Snapshot(msgspec.Struct):
     children: dict[str, int]
 
 
-class RssCase(msgspec.Struct, kw_only=True):
+class RssCase(C.Ended, kw_only=True):
     """One daemon (no tracker, or the three): memory of it, its workers and their children."""
 
     kinds: list[str]
@@ -99,9 +67,6 @@ class RssCase(msgspec.Struct, kw_only=True):
     children: dict[str, list[Mem]]
     samples: int
     client: dict[str, Any]
-    daemon_exit: int
-    daemon_stop_s: float
-    daemon_log_problems: list[str]
     viewer: str
     check: dict[str, PointsCheck] | None = None
     round: int = 1
@@ -129,6 +94,10 @@ class Track:
         self.last = (rss, hwm)
         self.max_rss = max(self.max_rss, rss)
 
+    def mem(self) -> dict[str, Any]:
+        return {"pid": self.pid, "comm": self.comm, "first": self.first, "last": self.last,
+                "max_rss": self.max_rss}
+
 
 class Memory:
     """Samples of the daemon, its workers (by tracker name) and the workers' descendants."""
@@ -151,7 +120,7 @@ class Memory:
                 ws.append(Track(pid))
             ws[-1].sample()
             kids = self.children.setdefault(name, {})
-            for k in descendants(pid):
+            for k in C.descendants(pid):
                 if k not in kids:
                     kids[k] = Track(k)
             for tr in kids.values():
@@ -173,10 +142,7 @@ def case(kinds: tuple[str, ...], n: int, every: float, do_verify: bool, keep: bo
              "WANDB_DATA_DIR": str(root / "wbdata")}
     if pythonpath:  # another revision of the daemon (its workers inherit the environment)
         extra["PYTHONPATH"] = pythonpath
-    d = C.Daemon(root, spool_dir=str(root / "spool"), extra_env=extra)
-    if kinds:
-        d.config.write_text("experiment_tracker:\n" + "".join(tracker_yaml(k, root)
-                                                                   for k in kinds))
+    d = tracker_daemon(kinds, root, **extra)
     run_id = f"bench-rss-{os.urandom(3).hex()}"
     res: dict[str, Any] = {"kinds": kinds, "n": n, "run_id": run_id}
     proc: subprocess.Popen[str] | None = None
@@ -186,120 +152,47 @@ def case(kinds: tuple[str, ...], n: int, every: float, do_verify: bool, keep: bo
         assert d.proc is not None
         mem = Memory(d.proc.pid)
         res["daemon_pid"] = d.proc.pid
-        st = C.wait_for(lambda: (s := d.status()) and all(
-            tracker(s, k).get("state") == "running" and tracker(s, k).get("pid")
-            for k in kinds) and s, 180, 0.05, f"trackers {kinds} running")
+        d.trackers_up(kinds, 180, 0.05)
         res["up_s"] = time.monotonic() - t_start
-        env = C.clean_env(MAGNUS_SOCKET=d.sock, MAGNUS_DATA_DIR=str(d.data),
-                          MAGNUS_CONFIG=str(d.config), MAGNUS_RUN_ID=run_id, MAGNUS_RUN_TAG=TAG,
-                          MAGNUS_SPOOL_DIR=str(root / "cspool"))
-        proc = subprocess.Popen([C.PY, CLIENT, "magnus", str(n)], env=env, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-        assert proc.stdout is not None and proc.stdin is not None
-        line = proc.stdout.readline()
-        if line.strip() != "ready":
-            raise RuntimeError(f"client not ready: {line!r}")
+        proc = magnus_client(d, run_id, n)
         # The client's warm-up flush has reached every tracker: nothing in flight.
         base = C.wait_for(lambda: (s := d.status()) and all(
-            tracker(s, k)["pending"] == 0 and tracker(s, k)["caught_up"] for k in kinds) and s,
-            120, 0.05, "trackers idle before the run")
+            C.tracker(s, k)["pending"] == 0 and C.tracker(s, k)["caught_up"] for k in kinds)
+            and s, 120, 0.05, "trackers idle before the run")
         mem.sample(base)
         res["after_start"] = mem.snapshot()
-        b_total = base["events_total"]
-        b_deliv = {k: tracker(base, k)["delivered"] for k in kinds}
         t_go = time.monotonic()
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        done: dict[str, float] = {}
-        t_runlog = None
-        end = t_go + 900
-        while True:
-            st = d.status()
-            mem.sample(st)
-            now = time.monotonic()
-            journaled = st["events_total"] - b_total >= n
-            if t_runlog is None and journaled and (st["runlog"]["applied_seq"]
-                                                   == st["journal"]["last_seq"]):
-                t_runlog = now
-            for k in kinds:
-                t = tracker(st, k)
-                if (k not in done and journaled and t.get("caught_up") and t["pending"] == 0
-                        and t["delivered"] - b_deliv[k] >= n):
-                    done[k] = now
-            if t_runlog is not None and len(done) == len(kinds):
-                break
-            if now > end:
-                raise TimeoutError(f"not caught up within 900 s: "
-                                   f"{json.dumps(st['trackers'])}\n{d.log_text()[-3000:]}")
-            time.sleep(every)
-        res["runlog_s"] = t_runlog - t_go
-        res["caught_up_s"] = {k: v - t_go for k, v in done.items()}
-        mem.sample(st)
+        C.send([proc], "go\n")
+        f = d.follow(base, n, kinds, timeout=900, every=every, caught_up=True,
+                     sample=mem.sample)
+        assert f.runlog is not None
+        res["runlog_s"] = f.runlog - t_go
+        res["caught_up_s"] = {k: v - t_go for k, v in f.done.items()}
+        mem.sample(f.st)
         res["end"] = mem.snapshot()
-        res["status_trackers"] = st["trackers"]
-        res["daemon"] = {"first": mem.daemon.first, "last": mem.daemon.last,
-                         "max_rss": mem.daemon.max_rss}
-        res["workers"] = {
-            k: [{"pid": w.pid, "comm": w.comm, "first": w.first, "last": w.last,
-                 "max_rss": w.max_rss} for w in ws] for k, ws in mem.workers.items()}
-        res["children"] = {
-            k: [{"pid": c.pid, "comm": c.comm, "last": c.last, "max_rss": c.max_rss}
-                for c in ks.values()] for k, ks in mem.children.items()}
+        res["status_trackers"] = f.st["trackers"]
+        res["daemon"] = mem.daemon.mem()
+        res["workers"] = {k: [w.mem() for w in ws] for k, ws in mem.workers.items()}
+        res["children"] = {k: [c.mem() for c in ks.values()]
+                           for k, ks in mem.children.items()}
         res["samples"] = mem.samples
-        out, err = proc.communicate(timeout=120)
-        if proc.returncode != 0 or not out.strip():
-            raise RuntimeError(f"client exited {proc.returncode}: {err[-2000:]}")
-        res["client"] = json.loads(out.strip().splitlines()[-1])
+        res["client"] = C.read_ready([proc], timeout=120)[0]
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()  # our own child, by pid
-            proc.wait()
-        res["daemon_exit"] = d.stop(timeout=120, check=False)  # W&B: finish() writes the rest
-        res["daemon_stop_s"] = d.stop_s
-        res["daemon_log_problems"] = d.log_problems()
+        C.kill_all([proc])
+        res.update(d.finish(None, keep, timeout=120))  # W&B: finish() writes the rest
         res["viewer"] = viewer_state(d.log_text(None))
     if do_verify:
-        res["check"] = {}
-        for k in kinds:
-            if k == "mlflow":
-                chk = verify(k, root / "mlflow.db", n, magnus_run_id=run_id)
-            elif k == "tensorboard":
-                from magnusd._runstore import run_dirname
-
-                chk = verify(k, root / "tb" / run_dirname(run_id), n)
-            else:
-                from magnusd.trackers.wandb import wandb_run_id
-
-                chk = verify(k, wb, n, wandb_id=wandb_run_id(run_id),
-                             step_key="magnus/step/loss")
-            res["check"][k] = chk
+        res["check"] = {k: verify_run(k, root, n, run_id) for k in kinds}
     C.remove_tree(root, keep)
     return msgspec.convert(res, RssCase)
 
 
-
 def daemon_source(rev: str | None) -> tuple[str | None, str]:
     """(PYTHONPATH for the daemon or None, a description of the daemon code measured)."""
-    repo = str(C.HERE.parent)
-
-    def git(*a: str) -> str:
-        return subprocess.run(["git", "-C", repo, *a], capture_output=True, text=True,
-                              timeout=60).stdout.strip()
-
     if not rev:
-        dirty = git("status", "--porcelain", "--", "daemon")
-        return None, (f"working tree at {git('rev-parse', '--short', 'HEAD')}"
-                      + (" with uncommitted changes under daemon/" if dirty else
-                         " (daemon/ clean)"))
-    dest = C.short_tmpdir("mbrsrc")
-    arch = subprocess.run(["git", "-C", repo, "archive", rev, "daemon/magnusd"],
-                          capture_output=True, timeout=120, check=True)
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch.stdout, check=True, timeout=120)
-    path = str(dest / "daemon")
-    env = C.clean_env(PYTHONPATH=path)
-    where = subprocess.run([C.PY, "-c", "import magnusd; print(magnusd.__file__)"], env=env,
-                           capture_output=True, text=True, timeout=60).stdout.strip()
+        return None, f"working tree, {C.tree_state('daemon')}"
+    commit, path = C.checkout(rev, C.short_tmpdir("mbrsrc"), "daemon/magnusd")
+    where = C.import_origin({"PYTHONPATH": path}, "magnusd")[0]
     if not where.startswith(path):
         sys.exit(f"magnusd from {rev} did not take precedence: {where}")
-    return path, f"`git archive {rev} daemon/magnusd` ({git('rev-parse', '--short', rev)})"
+    return path, f"`git archive {rev} daemon/magnusd` ({commit[:12]})"

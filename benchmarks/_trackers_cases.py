@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,7 +63,7 @@ class MagnusClient(msgspec.Struct, kw_only=True):
     run_id: str | None
 
 
-class DaemonCase(msgspec.Struct, kw_only=True):
+class DaemonCase(C.Ended, kw_only=True):
     kinds: list[str]
     n: int
     run_id: str
@@ -73,9 +72,6 @@ class DaemonCase(msgspec.Struct, kw_only=True):
     client_stderr: str
     daemon_cpu_s: float
     rss_kb: tuple[int, int]
-    daemon_exit: int
-    daemon_stop_s: float
-    daemon_log_problems: list[str]
 
 
 class LibraryCase(msgspec.Struct, kw_only=True):
@@ -180,118 +176,77 @@ def tracker_yaml(kind: str, root: Path) -> str:
     return f"  - type: {kind}\n    name: {kind}\n    config: {json.dumps(cfg)}\n"
 
 
-def tracker(st: dict[str, Any], name: str) -> dict[str, Any]:
-    """Tracker `name` in a status; {} while the daemon has not listed it yet."""
-    return next((t for t in st["trackers"] if t["name"] == name), {})
+def tracker_daemon(kinds: tuple[str, ...], root: Path, **extra_env: str) -> C.Daemon:
+    """A daemon under `root` configured with the `kinds` of tracker, their data under `root`."""
+    d = C.Daemon(root, spool_dir=str(root / "spool"), extra_env=extra_env)
+    if kinds:
+        d.config.write_text("experiment_tracker:\n" + "".join(tracker_yaml(k, root)
+                                                               for k in kinds))
+    return d
+
+
+def magnus_client(d: C.Daemon, run_id: str, n: int) -> subprocess.Popen[str]:
+    """The client tracking `loss` = 1/i for i = 1..n on `run_id` once told `go`."""
+    return d.start_client(CLIENT, ["magnus", str(n)], run_id, MAGNUS_RUN_TAG=TAG,
+                          MAGNUS_SPOOL_DIR=str(d.root / "cspool"))
+
+
+def verify_run(kind: str, root: Path, n: int, run_id: str) -> dict[str, Any]:
+    """What tracker `kind` of a `tracker_daemon` under `root` stored for `run_id`."""
+    if kind == "mlflow":
+        return verify(kind, root / "mlflow.db", n, magnus_run_id=run_id)
+    if kind == "tensorboard":
+        from magnusd._runstore import run_dirname
+
+        return verify(kind, root / "tb" / run_dirname(run_id), n)
+    from magnusd.trackers.wandb import wandb_run_id
+
+    return verify(kind, root / "wb", n, wandb_id=wandb_run_id(run_id),
+                  step_key="magnus/step/loss")
 
 
 def daemon_case(kinds: tuple[str, ...], n: int, keep: bool) -> DaemonCase:
     root = C.short_tmpdir("mbt")
-    d = C.Daemon(root, spool_dir=str(root / "spool"))
-    d.config.write_text("experiment_tracker:\n" + "".join(tracker_yaml(k, root)
-                                                               for k in kinds))
+    d = tracker_daemon(kinds, root)
     run_id = f"bench-trk-{os.urandom(3).hex()}"
     res: dict[str, Any] = {"kinds": kinds, "n": n, "run_id": run_id, "trackers": {}}
     proc: subprocess.Popen[str] | None = None
     try:
         d.start()
-        C.wait_for(lambda: all(tracker(st, k).get("state") == "running" for st in [d.status()]
-                               for k in kinds),
-                   60, 0.02, f"trackers {kinds} running")
-        env = C.clean_env(MAGNUS_SOCKET=d.sock, MAGNUS_DATA_DIR=str(d.data),
-                          MAGNUS_CONFIG=str(d.config), MAGNUS_RUN_ID=run_id, MAGNUS_RUN_TAG=TAG,
-                          MAGNUS_SPOOL_DIR=str(root / "cspool"))
-        proc = subprocess.Popen([C.PY, CLIENT, "magnus", str(n)], env=env, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-        assert proc.stdout is not None and proc.stdin is not None
-        line = proc.stdout.readline()
-        if line.strip() != "ready":
-            raise RuntimeError(f"client not ready: {line!r}")
+        d.trackers_up(kinds)
+        proc = magnus_client(d, run_id, n)
         # Whatever the warm-up sent has reached every tracker: the clock starts clean.
         base = C.wait_for(lambda: (s := d.status()) and all(
-            tracker(s, k)["pending"] == 0 for k in kinds) and s, 30, 0.01, "trackers idle")
-        b_total = base["events_total"]
-        b_deliv = {k: tracker(base, k)["delivered"] for k in kinds}
+            C.tracker(s, k)["pending"] == 0 for k in kinds) and s, 30, 0.01, "trackers idle")
         assert d.proc is not None
         cpu0 = C.cpu_seconds(d.proc.pid)
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        first: dict[str, tuple[float, int]] = {}
-        done: dict[str, float] = {}
-        max_pending = dict.fromkeys(kinds, 0)
-        end = time.monotonic() + 180
-        st = base
-        while len(done) < len(kinds):
-            if time.monotonic() > end:
-                raise TimeoutError(f"trackers not caught up within 180 s: {st['trackers']}")
-            st = d.status()
-            now = time.monotonic()
-            journaled = st["events_total"] - b_total >= n
-            for k in kinds:
-                t = tracker(st, k)
-                got = t["delivered"] - b_deliv[k]
-                max_pending[k] = max(max_pending[k], t["pending"])
-                if k not in first and got > 0:
-                    first[k] = (now, got)
-                if k not in done and journaled and t["pending"] == 0 and got >= n:
-                    done[k] = now
-            time.sleep(0.01)
+        C.send([proc], "go\n")
+        f = d.follow(base, n, kinds, timeout=180, runlog=False)
         cpu1 = C.cpu_seconds(d.proc.pid)
-        out, err = proc.communicate(timeout=120)
-        if proc.returncode != 0 or not out.strip():
-            raise RuntimeError(f"client exited {proc.returncode}: {err[-2000:]}")
-        cl = json.loads(out.strip().splitlines()[-1])
-        res["client"] = cl
-        res["client_stderr"] = stderr_problems(err)
-        res["daemon_cpu_s"] = cpu1 - cpu0
-        res["rss_kb"] = d.rss_kb()
+        cl = C.read_ready([proc], timeout=120)[0]
+        res.update(client=cl, client_stderr=C.stderr_problems(cl["stderr"]),
+                   daemon_cpu_s=cpu1 - cpu0, rss_kb=d.rss_kb())
         t0 = cl["t_first"]
         for k in kinds:
-            t = tracker(st, k)
-            f_t, f_n = first[k]
+            t, done = C.tracker(f.st, k), f.done[k]
+            f_t, f_n = f.first[k]
             res["trackers"][k] = {
-                "deliver_s": done[k] - t0, "eps": n / (done[k] - t0),
+                "deliver_s": done - t0, "eps": n / (done - t0),
                 "first_s": f_t - t0, "first_events": f_n,
-                "steady_eps": (n - f_n) / (done[k] - f_t) if done[k] > f_t else float("nan"),
-                "lag_after_flush_s": done[k] - cl["t_flushed"],
-                "max_pending": max_pending[k], "errors": t["errors"],
+                "steady_eps": (n - f_n) / (done - f_t) if done > f_t else float("nan"),
+                "lag_after_flush_s": done - cl["t_flushed"],
+                "max_pending": f.max_pending[k], "errors": t["errors"],
                 "last_error": t["last_error"], "state": t["state"]}
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()  # our own child, by pid
-            proc.wait()
-        # W&B: finish() writes the rest of the run
-        res["daemon_exit"] = d.stop(timeout=120, check=False)
-        res["daemon_stop_s"] = d.stop_s
-        res["daemon_log_problems"] = d.log_problems()
-    for k in kinds:
-        if k not in res["trackers"]:
-            continue
-        if k == "mlflow":
-            chk = verify(k, root / "mlflow.db", n, magnus_run_id=run_id)
-        elif k == "tensorboard":
-            from magnusd._runstore import run_dirname
-
-            chk = verify(k, root / "tb" / run_dirname(run_id), n)
-        else:
-            from magnusd.trackers.wandb import wandb_run_id
-
-            chk = verify(k, root / "wb", n, wandb_id=wandb_run_id(run_id),
-                         step_key="magnus/step/loss")
-        res["trackers"][k]["check"] = chk
+        C.kill_all([proc])
+        res.update(d.finish(None, keep, timeout=120))  # W&B: finish() writes the rest of the run
+    for k in res["trackers"]:
+        res["trackers"][k]["check"] = verify_run(k, root, n, run_id)
     C.remove_tree(root, keep)
     return msgspec.convert(res, DaemonCase)
 
 
 # -- the libraries alone ------------------------------------------------------------------
-
-
-def stderr_problems(text: str) -> str:
-    """Lines of a client's stderr worth reporting (not the libraries' INFO chatter)."""
-    keep = [ln for ln in text.splitlines()
-            if any(w in ln for w in ("WARN", "ERROR", "Error", "Traceback", "CRITICAL"))]
-    return "\n".join(keep)[:500]
 
 
 def library_case(mode: str, n: int, keep: bool) -> LibraryCase:
@@ -304,7 +259,7 @@ def library_case(mode: str, n: int, keep: bool) -> LibraryCase:
         if r.returncode != 0 or not r.stdout.strip():
             raise RuntimeError(f"{mode} client exited {r.returncode}: {r.stderr[-2000:]}")
         res: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
-        res.update(mode=mode, n=n, stderr=stderr_problems(r.stderr))
+        res.update(mode=mode, n=n, stderr=C.stderr_problems(r.stderr))
         if mode.startswith("mlflow"):
             res["check"] = verify(mode, where, n, mlflow_run_id=res["mlflow_run_id"])
         elif mode == "tbx":

@@ -46,8 +46,8 @@ from typing import Any
 
 import _common as C
 from _results import Report, Result, new_report, save, tbl
-from _rss_cases import KINDS, LABEL, TARGET_MB, RssCase, case, daemon_source, loadavg
-from _trackers_cases import PointsCheck, tracker
+from _rss_cases import TARGET_MB, RssCase, case, daemon_source
+from _trackers_cases import KINDS, LABEL, PointsCheck
 
 # -- report -------------------------------------------------------------------------------
 
@@ -114,7 +114,7 @@ def report(rep: Report, args: argparse.Namespace, results: list[RssCase], src: s
         tot_peak = tr.daemon.last[1]
         for k in tr.kinds:
             ws = tr.workers.get(k, [])
-            st = tracker({"trackers": tr.status_trackers}, k)
+            st = C.tracker({"trackers": tr.status_trackers}, k)
             w = ws[-1] if ws else None
             kids = [c for c in tr.children.get(k, []) if c.last != (0, 0)]
             kid_s = ("; ".join(f"{c.comm} {mb(c.last[0])} / {mb(c.max_rss)} / "
@@ -156,13 +156,9 @@ def report(rep: Report, args: argparse.Namespace, results: list[RssCase], src: s
                    + ". Every tracker `running` after "
                    + ", ".join(f"{tr.up_s:.1f}" for tr in trk)
                    + " s from the daemon's start; the daemon stopped (SIGTERM → exit) in "
-                   + ", ".join(f"{tr.daemon_stop_s:.2f}" for tr in trk) + " s.\n")
+                   + ", ".join(f"{tr.stop_s:.2f}" for tr in trk) + " s.\n")
     for r in results:
-        for p in r.daemon_log_problems:
-            problems.append(f"round {r.round} {r.name} daemon log: {p[:300]}")
-        if r.daemon_exit != 0:
-            problems.append(f"round {r.round} {r.name}: daemon exited "
-                            f"{r.daemon_exit}")
+        problems += r.problems(f"round {r.round} {r.name}")
         if not r.client.get("flush_ok", False):
             problems.append(f"round {r.round} {r.name}: client flush() did not return "
                             "True")
@@ -186,7 +182,7 @@ def main() -> int:
     if args.quick:
         args.n = 5_000
     want = args.cases.split(",")
-    load0 = loadavg()
+    load0 = C.loadavg()
     t0 = time.monotonic()
     pythonpath, src = daemon_source(args.daemon_rev)
     results: list[RssCase] = []
@@ -204,7 +200,7 @@ def main() -> int:
         if pythonpath:
             C.remove_tree(Path(pythonpath).parent, False)
     rep = new_report("rss", "magnusd memory: the daemon with the real trackers, and their workers")
-    report(rep, args, results, src, load0, loadavg())
+    report(rep, args, results, src, load0, C.loadavg())
     for r in results:
         peak = r.daemon.last[1] / 1024
         rep.results.append(Result(

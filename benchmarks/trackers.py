@@ -123,7 +123,7 @@ def report(rep: Report, n: int, alone: dict[str, DaemonCase],
                          eps_or_dash(t.steady_eps), f"{t.deliver_s:.2f}",
                          f"{t.lag_after_flush_s:.2f}", f"{t.max_pending:,}",
                          f"{a.daemon_cpu_s:.2f}", f"{a.rss_kb[1] / 1024:.0f}",
-                         f"{a.daemon_stop_s:.2f}", t.errors])
+                         f"{a.stop_s:.2f}", t.errors])
         rep.add(tbl(["tracker", "first delivery s (events)", "steady events/s",
                             "all delivered s", "lag after flush s", "max pending",
                             "daemon CPU s", "daemon peak RSS MB", "daemon stop s", "errors"],
@@ -180,10 +180,7 @@ def report(rep: Report, n: int, alone: dict[str, DaemonCase],
                 problems.append(f"{name}: {k} errors {t.errors}: {t.last_error}")
         if not a.client.flush_ok:
             problems.append(f"{name}: client flush() did not return True")
-        for p in a.daemon_log_problems:
-            problems.append(f"{name} daemon log: {p[:300]}")
-        if a.daemon_exit != 0:
-            problems.append(f"{name}: daemon exited {a.daemon_exit}")
+        problems += a.problems(name)
         if a.client_stderr:
             problems.append(f"{name}: client stderr: {a.client_stderr[:300]}")
     for m, r in libs.items():
