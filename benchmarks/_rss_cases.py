@@ -13,7 +13,8 @@ from typing import Any
 import msgspec
 
 import _common as C
-from _trackers_cases import PointsCheck, magnus_client, tracker_daemon, verify_run
+from _tracker_data import PointsCheck, verify_run
+from _trackers_cases import magnus_client, tracker_daemon
 
 TARGET_MB = 60.0
 

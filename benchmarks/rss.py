@@ -47,7 +47,8 @@ from typing import Any
 import _common as C
 from _results import Report, Result, new_report, save, tbl
 from _rss_cases import TARGET_MB, RssCase, case, daemon_source
-from _trackers_cases import KINDS, LABEL, PointsCheck
+from _tracker_data import PointsCheck
+from _trackers_cases import KINDS, LABEL
 
 # -- report -------------------------------------------------------------------------------
 
