@@ -1,6 +1,7 @@
-"""A baseline revision's SDK next to the working tree's, for one-run comparisons
-(track_this.py --baseline, track_values.py): `git archive REV sdk/magnus` extracted to a temp
-dir (read-only git use) and imported through PYTHONPATH, ahead of the editable install.
+"""Which code the benchmarks measure (read-only git use): the working tree's state, or another
+revision's sdk/magnus or daemon/magnusd (`git archive REV` extracted to a temp dir, imported
+through PYTHONPATH ahead of the editable install), e.g. a baseline SDK next to the working
+tree's (track_this.py --baseline, track_values.py, recovery.py --rev, rss.py --daemon-rev).
 """
 
 from __future__ import annotations
@@ -12,41 +13,53 @@ import time
 from pathlib import Path
 
 import _common as C
-from _common import REPO
 from _results import Result
 
 
 def git(*args: str) -> str:
     env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")  # read-only: never refresh the index
-    return subprocess.run(["git", "-C", str(REPO), *args], env=env, capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return subprocess.run(["git", "-C", str(C.REPO), *args], env=env, capture_output=True,
+                          text=True, check=True, timeout=120).stdout.strip()
+
+
+def tree_state(*paths: str) -> str:
+    """HEAD, and how many files under `paths` have uncommitted changes."""
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *paths)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"(git: {e})"
+    n = len(dirty.splitlines())
+    under = " ".join(f"{p}/" for p in paths)
+    return f"HEAD {head}" + (f" + {n} uncommitted file(s) under {under}" if n else "")
+
+
+def checkout(rev: str, dest: Path, *paths: str) -> tuple[str, str]:
+    """`git archive REV PATHS | tar -x -C dest`: (the full commit id, a PYTHONPATH putting each
+    path's parent first, e.g. dest/daemon for daemon/magnusd)."""
+    commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    arch = subprocess.run(["git", "-C", str(C.REPO), "archive", commit, *paths],
+                          capture_output=True, timeout=120, check=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch.stdout, check=True, timeout=120)
+    return commit, ":".join(str(dest / Path(p).parent) for p in paths)
+
+
+def import_origin(extra_env: dict[str, str], *modules: str) -> list[str]:
+    """Where `modules` are imported from with `extra_env` (e.g. a PYTHONPATH)."""
+    code = "; ".join(f"import {m}; print({m}.__file__)" for m in modules)
+    r = subprocess.run([C.PY, "-c", code], env=C.clean_env(**extra_env), capture_output=True,
+                       text=True, check=True, timeout=60)
+    return r.stdout.split()
 
 
 def extract_sdk(rev: str, dest: Path) -> str:
     """`git archive REV sdk/magnus | tar -x -C dest`; returns the full commit id. The SDK is
     then importable with PYTHONPATH=dest/sdk."""
-    commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
-    dest.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.Popen(["git", "-C", str(REPO), "archive", commit, "sdk/magnus"],
-                               stdout=subprocess.PIPE)
-    tar = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=False)
-    assert archive.stdout is not None
-    archive.stdout.close()
-    if archive.wait() != 0 or tar.returncode != 0:
-        raise RuntimeError(f"could not extract sdk/magnus at {rev}")
+    commit, _ = checkout(rev, dest, "sdk/magnus")
     if not (dest / "sdk" / "magnus" / "__init__.py").is_file():
         raise RuntimeError(f"no sdk/magnus/__init__.py at {rev}")
     return commit
-
-
-def worktree_state() -> str:
-    """HEAD and whether sdk/ or daemon/ differ from it (the working tree is what runs)."""
-    head = git("rev-parse", "HEAD")
-    dirty = sorted(set(git("diff", "--name-only", "HEAD", "--", "sdk", "daemon").split()
-                       + git("ls-files", "--others", "--exclude-standard", "--", "sdk",
-                             "daemon").split()))
-    return f"HEAD {head[:12]}" + (f", **uncommitted changes in {', '.join(dirty)}**" if dirty
-                                  else ", sdk/ and daemon/ unchanged from HEAD")
 
 
 def import_cost(runs: int, sdks: dict[str, Path | None]) -> tuple[list[Result], list[str]]:

@@ -13,8 +13,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,10 @@ if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
 
 import harness  # noqa: E402 - after the sys.path entry above
-from harness import MAGNUSD, PY, clean_env, mem_kb, send, wait_for  # noqa: E402
+from harness import MAGNUSD, PY, clean_env, mem_kb, send, tracker, wait_for  # noqa: E402
 
-__all__ = ["MAGNUSD", "PY", "Daemon", "clean_env", "mem_kb", "send", "wait_for"]
+__all__ = ["MAGNUSD", "PY", "Daemon", "clean_env", "mem_kb", "send", "tracker", "wait_for"]
 
-Status = dict[str, Any]
 
 
 class Daemon(harness.Daemon):
@@ -63,62 +61,6 @@ class Daemon(harness.Daemon):
         """One `script` process on run `run_id`, once it printed `ready` (`start_clients`)."""
         return self.start_clients(script, args, [run_id], **env)[0]
 
-    def watch(self, step: Callable[[Status, float], bool], timeout: float,
-              every: float = 0.01, what: str = "condition") -> Status:
-        """Ask `status` every `every` s and pass it with time.monotonic() to `step` until that
-        returns True; the last status. TimeoutError (the last status in it) past `timeout`."""
-        end = time.monotonic() + timeout
-        while True:
-            st = self.status()
-            now = time.monotonic()
-            if step(st, now):
-                return st
-            if now > end:
-                raise TimeoutError(f"{what}: not within {timeout} s; trackers "
-                                   f"{st.get('trackers')}\n{self.log_text(3000)}")
-            time.sleep(every)
-
-    def follow(self, base: Status, n: int, names: Sequence[str] = (), *, timeout: float,
-               runlog: bool = True, every: float = 0.01, caught_up: bool = False,
-               sample: Callable[[Status], None] | None = None) -> Followed:
-        """Poll `status` (each passed to `sample`) until `n` events more than in `base` are in
-        the journal, the run log caught up with it (with `runlog`) and each named tracker
-        delivered `n` more with none pending (and says `caught_up`, with `caught_up`)."""
-        f = Followed(names)
-        b_deliv = {k: tracker(base, k).get("delivered", 0) for k in names}
-
-        def step(st: Status, now: float) -> bool:
-            if sample is not None:
-                sample(st)
-            journaled = st["events_total"] - base["events_total"] >= n
-            if (f.runlog is None and journaled
-                    and st["runlog"]["applied_seq"] == st["journal"]["last_seq"]):
-                f.runlog = now
-            for k in names:
-                t = tracker(st, k)
-                got = t.get("delivered", 0) - b_deliv[k]
-                f.max_pending[k] = max(f.max_pending[k], t.get("pending", 0))
-                if k not in f.first and got > 0:
-                    f.first[k] = (now, got)
-                if (k not in f.done and journaled and t["pending"] == 0 and got >= n
-                        and (t.get("caught_up") or not caught_up)):
-                    f.done[k] = now
-            f.st = st
-            return (f.runlog is not None or not runlog) and len(f.done) == len(names)
-
-        self.watch(step, timeout, every, "caught up")
-        return f
-
-    def trackers_up(self, names: Sequence[str], timeout: float = 60.0, every: float = 0.02,
-                    ok: Callable[[Status], bool] | None = None) -> Status:
-        """Until every named tracker is `running` (with a worker pid) and `ok(its status)`."""
-        st: Status = wait_for(lambda: (s := self.status()) and all(
-            (t := tracker(s, n)).get("state") == "running" and t.get("pid")
-            and (ok is None or ok(t)) for n in names) and s,
-            timeout, every, f"trackers {list(names)} running")
-        return st
-
-
 def log_exceptions(text: str) -> dict[str, tuple[int, str]]:
     """Each distinct exception line ending a traceback in a log: (how many, last frame)."""
     out: dict[str, tuple[int, str]] = {}
@@ -148,24 +90,6 @@ class Ended(msgspec.Struct, kw_only=True):
         """Its log's problems and a non-zero exit, a line each."""
         out = [f"{where} daemon log: {p[:300]}" for p in self.daemon_log_problems]
         return out + ([f"{where}: daemon exited {self.daemon_exit}"] if self.daemon_exit else [])
-
-
-class Followed:
-    """What `Daemon.follow` saw, in time.monotonic(): when the run log caught up (`runlog`), when
-    each tracker first delivered (time, events) and had delivered all (`done`), its largest
-    pending; `st` the last status."""
-
-    def __init__(self, names: Sequence[str]) -> None:
-        self.runlog: float | None = None
-        self.first: dict[str, tuple[float, int]] = {}
-        self.done: dict[str, float] = {}
-        self.max_pending = dict.fromkeys(names, 0)
-        self.st: Status = {}
-
-
-def tracker(st: Status, name: str) -> dict[str, Any]:
-    """Tracker `name` in a status; {} while the daemon does not list it."""
-    return next((t for t in st.get("trackers", []) if t["name"] == name), {})
 
 
 def check_python() -> None:
@@ -322,43 +246,3 @@ def proc_field(pid: int, name: str, key: str) -> str:
     except OSError:
         pass
     return ""
-
-
-# -- the code measured (read-only git) ----------------------------------------------------
-
-
-def git(*args: str) -> str:
-    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")  # read-only: never refresh the index
-    return subprocess.run(["git", "-C", str(REPO), *args], env=env, capture_output=True,
-                          text=True, check=True, timeout=120).stdout.strip()
-
-
-def tree_state(*paths: str) -> str:
-    """HEAD, and how many files under `paths` have uncommitted changes."""
-    try:
-        head = git("rev-parse", "--short=12", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *paths)
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"(git: {e})"
-    n = len(dirty.splitlines())
-    under = " ".join(f"{p}/" for p in paths)
-    return f"HEAD {head}" + (f" + {n} uncommitted file(s) under {under}" if n else "")
-
-
-def checkout(rev: str, dest: Path, *paths: str) -> tuple[str, str]:
-    """`git archive REV PATHS | tar -x -C dest`: (the full commit id, a PYTHONPATH putting each
-    path's parent first, e.g. dest/daemon for daemon/magnusd)."""
-    commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
-    arch = subprocess.run(["git", "-C", str(REPO), "archive", commit, *paths],
-                          capture_output=True, timeout=120, check=True)
-    dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch.stdout, check=True, timeout=120)
-    return commit, ":".join(str(dest / Path(p).parent) for p in paths)
-
-
-def import_origin(extra_env: dict[str, str], *modules: str) -> list[str]:
-    """Where `modules` are imported from with `extra_env` (e.g. a PYTHONPATH)."""
-    code = "; ".join(f"import {m}; print({m}.__file__)" for m in modules)
-    r = subprocess.run([PY, "-c", code], env=clean_env(**extra_env), capture_output=True,
-                       text=True, check=True, timeout=60)
-    return r.stdout.split()

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+import _baseline as B
 import _common as C
 from _recovery_start import HOLD_TYPE, Journal, Start, journal_info, timed_start
 
@@ -219,12 +220,12 @@ def setup(args: argparse.Namespace, root: Path) -> tuple[dict[str, str], str]:
     if args.gib * GIB * 1.3 >= 10 * GIB:
         extra["MAGNUS_JOURNAL_MAX_BYTES"] = "0"
     if args.rev:
-        commit, extra["PYTHONPATH"] = C.checkout(args.rev, root / "src", "daemon/magnusd",
+        commit, extra["PYTHONPATH"] = B.checkout(args.rev, root / "src", "daemon/magnusd",
                                                  "sdk/magnus")
         code = f"`git archive {commit[:12]} daemon/magnusd sdk/magnus` (`--rev {args.rev}`)"
     else:
-        code = f"the working tree ({C.tree_state('daemon', 'sdk')} at the start)"
-    origin = C.import_origin(extra, "magnusd", "magnus")
+        code = f"the working tree ({B.tree_state('daemon', 'sdk')} at the start)"
+    origin = B.import_origin(extra, "magnusd", "magnus")
     return extra, code + ", imported from " + " and ".join(f"`{p}`" for p in origin)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+import _baseline as B
 import _common as C
 from _tracker_data import PointsCheck, verify_run
 from _trackers_cases import magnus_client, tracker_daemon
@@ -191,9 +192,9 @@ def case(kinds: tuple[str, ...], n: int, every: float, do_verify: bool, keep: bo
 def daemon_source(rev: str | None) -> tuple[str | None, str]:
     """(PYTHONPATH for the daemon or None, a description of the daemon code measured)."""
     if not rev:
-        return None, f"working tree, {C.tree_state('daemon')}"
-    commit, path = C.checkout(rev, C.short_tmpdir("mbrsrc"), "daemon/magnusd")
-    where = C.import_origin({"PYTHONPATH": path}, "magnusd")[0]
+        return None, f"working tree, {B.tree_state('daemon')}"
+    commit, path = B.checkout(rev, C.short_tmpdir("mbrsrc"), "daemon/magnusd")
+    where = B.import_origin({"PYTHONPATH": path}, "magnusd")[0]
     if not where.startswith(path):
         sys.exit(f"magnusd from {rev} did not take precedence: {where}")
     return path, f"`git archive {rev} daemon/magnusd` ({commit[:12]})"

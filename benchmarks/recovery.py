@@ -84,6 +84,7 @@ import statistics
 import sys
 import time
 
+import _baseline as B
 import _common as C
 import _recovery_cases as R_
 from _recovery_start import STUCK_S, Start
@@ -231,7 +232,7 @@ def main() -> int:
             problems.append(f"final SIGTERM: daemon exited {exit_code}")
         C.remove_tree(root, args.keep)
     if not args.rev:
-        code += f"; {C.tree_state('daemon', 'sdk')} at the end"
+        code += f"; {B.tree_state('daemon', 'sdk')} at the end"
     res = new_report("recovery" + (f"-{args.rev}" if args.rev else ""), "magnusd recovery")
     res.notes = problems
     report(res, args, b, results, load0, code)

@@ -37,8 +37,9 @@ from pathlib import Path
 
 import msgspec
 
+import _baseline as B
 import _common as C
-from _baseline import extract_sdk, import_cost, worktree_state
+from _baseline import extract_sdk, import_cost
 from _results import Result, Stats, Table, Text, cols, new_report, save
 
 CLIENT = str(C.HERE / "_track_client.py")
@@ -183,8 +184,9 @@ def main() -> int:
     if args.baseline:
         commit = extract_sdk(args.baseline, root / "base")
         sdks = {"baseline": root / "base" / "sdk", "current": None}
+        tree = B.tree_state("sdk", "daemon")
         rep.intro = (f"baseline = `git archive {commit[:12]} sdk/magnus` ({args.baseline}, "
-                     f"PYTHONPATH); current = the working tree ({worktree_state()}); "
+                     f"PYTHONPATH); current = the working tree ({tree}); "
                      f"{rounds} interleaved rounds, one daemon from the working tree.\n\n")
     rep.intro += ("Each call timed alone with `time.perf_counter_ns` in a fresh process; times "
                   "include the timer's own cost ('timer' column: its median). µs; the "

@@ -35,8 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _baseline as B
 import _common as C
-from _baseline import extract_sdk, worktree_state
+from _baseline import extract_sdk
 from _results import Report, Result, Table, Text, cols, new_report, save
 from _values_cases import ValuesCase, run_case
 
@@ -168,12 +169,13 @@ def main() -> int:
         rss = d.rss_kb()
     finally:
         fin = d.finish(root, args.keep)
+    tree = B.tree_state("sdk", "daemon")
     rep = new_report("track_values" + (f"-{args.current}" if args.current else ""),
                      f"track_this cost by value type, and the current SDK against {args.baseline}",
                      f"baseline = `git archive {commit[:12]} sdk/magnus` (PYTHONPATH); current = "
                      + (f"`git archive {current[:12]} sdk/magnus` (`--current {args.current}`, "
                         "PYTHONPATH)" if current else "the working tree's sdk/magnus")
-                     + f"; one `magnusd serve` from the working tree ({worktree_state()}) for "
+                     + f"; one `magnusd serve` from the working tree ({tree}) for "
                      "every case.\n\nEach call timed alone with `time.perf_counter_ns` in a fresh "
                      "process, after a warm-up call; times include the timer's own cost (its "
                      "median in the 'timer' column). µs; 'all' = median of the per-round values "

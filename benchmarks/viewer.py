@@ -65,6 +65,7 @@ from typing import Any
 
 import msgspec
 
+import _baseline as B
 import _common as C
 import _viewer_cases as V
 from _results import Report, Result, new_report, save, tbl
@@ -112,7 +113,7 @@ def main() -> int:
         sys.exit("needs Debian's chromium and chromium-driver (/usr/bin/chromium, chromedriver)")
     t_start = time.monotonic()
     load_start = C.loadavg()
-    rev = C.tree_state("sdk", "daemon")
+    rev = B.tree_state("sdk", "daemon")
     root = C.short_tmpdir("mbv")
     d = C.Daemon(root)
     warnings: list[str] = []

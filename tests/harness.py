@@ -82,6 +82,24 @@ def mem_kb(pid: int) -> tuple[int, int]:
     return vals["VmRSS"], vals["VmHWM"]
 
 
+def tracker(st: dict[str, Any], name: str) -> dict[str, Any]:
+    """Tracker `name` in a status; {} while the daemon does not list it."""
+    return next((t for t in st.get("trackers", []) if t["name"] == name), {})
+
+
+class Followed:
+    """What `Daemon.follow` saw, in time.monotonic(): when the run log caught up (`runlog`), when
+    each tracker first delivered (time, events) and had delivered all (`done`), its largest
+    pending; `st` the last status."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.runlog: float | None = None
+        self.first: dict[str, tuple[float, int]] = {}
+        self.done: dict[str, float] = {}
+        self.max_pending = dict.fromkeys(names, 0)
+        self.st: dict[str, Any] = {}
+
+
 class Daemon:
     """A `magnusd serve` subprocess on private paths under `root`, and the CLI pointed at it.
 
@@ -236,6 +254,60 @@ class Daemon:
         are left out)."""
         st = st if st is not None else self.status()
         return {t["name"]: t["pid"] for t in st.get("trackers", []) if t.get("pid")}
+
+    def watch(self, step: Callable[[dict[str, Any], float], bool], timeout: float,
+              every: float = 0.01, what: str = "condition") -> dict[str, Any]:
+        """Ask `status` every `every` s and pass it with time.monotonic() to `step` until that
+        returns True; the last status. TimeoutError (the last status in it) past `timeout`."""
+        end = time.monotonic() + timeout
+        while True:
+            st = self.status()
+            now = time.monotonic()
+            if step(st, now):
+                return st
+            if now > end:
+                raise TimeoutError(f"{what}: not within {timeout} s; trackers "
+                                   f"{st.get('trackers')}\n{self.log_text(3000)}")
+            time.sleep(every)
+
+    def follow(self, base: dict[str, Any], n: int, names: Sequence[str] = (), *, timeout: float,
+               runlog: bool = True, every: float = 0.01, caught_up: bool = False,
+               sample: Callable[[dict[str, Any]], None] | None = None) -> Followed:
+        """Poll `status` (each passed to `sample`) until `n` events more than in `base` are in
+        the journal, the run log caught up with it (with `runlog`) and each named tracker
+        delivered `n` more with none pending (and says `caught_up`, with `caught_up`)."""
+        f = Followed(names)
+        b_deliv = {k: tracker(base, k).get("delivered", 0) for k in names}
+
+        def step(st: dict[str, Any], now: float) -> bool:
+            if sample is not None:
+                sample(st)
+            journaled = st["events_total"] - base["events_total"] >= n
+            if (f.runlog is None and journaled
+                    and st["runlog"]["applied_seq"] == st["journal"]["last_seq"]):
+                f.runlog = now
+            for k in names:
+                t = tracker(st, k)
+                got = t.get("delivered", 0) - b_deliv[k]
+                f.max_pending[k] = max(f.max_pending[k], t.get("pending", 0))
+                if k not in f.first and got > 0:
+                    f.first[k] = (now, got)
+                if (k not in f.done and journaled and t.get("pending") == 0 and got >= n
+                        and (t.get("caught_up") or not caught_up)):
+                    f.done[k] = now
+            f.st = st
+            return (f.runlog is not None or not runlog) and len(f.done) == len(names)
+
+        self.watch(step, timeout, every, "caught up")
+        return f
+
+    def trackers_up(self, names: Sequence[str], timeout: float = 60.0, every: float = 0.02
+                    ) -> dict[str, Any]:
+        """Poll status until every named tracker is `running` with a worker pid; that status."""
+        st: dict[str, Any] = wait_for(lambda: (s := self.status()) and all(
+            (t := tracker(s, n)).get("state") == "running" and t.get("pid")
+            for n in names) and s, timeout, every, f"trackers {list(names)} running")
+        return st
 
     # -- clients -----------------------------------------------------------------------------
 
