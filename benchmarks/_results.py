@@ -76,7 +76,9 @@ class Table(msgspec.Struct, tag="table", kw_only=True):
 
 
 class Text(msgspec.Struct, tag="text"):
-    text: str
+    text: str  # a paragraph, or with `code` preformatted text
+    title: str = ""  # a "## title" heading before it
+    code: bool = False
 
 
 Block = Table | Text

@@ -44,7 +44,7 @@ CLIENT = str(C.HERE / "_ingest_client.py")
 PROFILED_SERVE = str(C.HERE / "_profiled_serve.py")
 
 
-class IngestCase(msgspec.Struct, kw_only=True):
+class IngestCase(C.Ended, kw_only=True):
     """One client count: rates from the first event, the daemon's cost, and what was lost."""
 
     clients: int
@@ -66,10 +66,7 @@ class IngestCase(msgspec.Struct, kw_only=True):
     missing: list[str]
     show_s: float
     client_stderr: list[str]
-    daemon_exit: int
-    stop_s: float
-    daemon_log_problems: list[str]
-    profile: str = ""
+    profile: list[tuple[str, str]] = msgspec.field(default_factory=list)
     profile_path: str = ""
 
     @property
@@ -81,7 +78,7 @@ def one(nclients: int, total: int, profile: str, keep: bool) -> IngestCase:
     per = total // nclients
     total = per * nclients
     root = C.short_tmpdir("mbi")
-    prof_path = str(OUT_DIR / f"ingest-{nclients}c.prof")
+    prof_path = str(OUT_DIR / ("quick" if "--quick" in sys.argv else "") / f"ingest-{nclients}c.prof")
     cmd = None
     if profile:
         cmd = [C.PY, PROFILED_SERVE, *(["--wall"] if profile == "wall" else []), prof_path]
@@ -129,22 +126,23 @@ def one(nclients: int, total: int, profile: str, keep: bool) -> IngestCase:
         client_stderr=[o["stderr"][:300] for o in outs if o["stderr"]],
         daemon_exit=fin["daemon_exit"], stop_s=fin["stop_s"],
         daemon_log_problems=fin["daemon_log_problems"],
-        profile=profile_text(prof_path) if profile else "",
+        profile=profile_text(prof_path) if profile else [],
         profile_path=prof_path if profile else "")
 
 
-def profile_text(path: str, top: int = 25) -> str:
+def profile_text(path: str, top: int = 25) -> list[tuple[str, str]]:
+    """(title, text) of the top `top` functions by cumulative and by own time."""
     if not os.path.exists(path):
-        return f"(no profile written at {path})"
+        return [("", f"(no profile written at {path})")]
     parts = []
     for key, title in (("cumulative", "cumulative time"), ("tottime", "total (own) time")):
         buf = io.StringIO()
         st = pstats.Stats(path, stream=buf)
         st.strip_dirs().sort_stats(key).print_stats(top)
         body = buf.getvalue()
-        body = body[body.find("   ncalls"):] if "   ncalls" in body else body
-        parts.append(f"top {top} by {title}:\n\n```\n{body.rstrip()}\n```")
-    return "\n\n".join(parts)
+        parts.append((f"top {top} by {title}", body[body.find("   ncalls"):]
+                      if "   ncalls" in body else body))
+    return parts
 
 
 def main() -> int:
@@ -204,8 +202,9 @@ def main() -> int:
                          f"`show` of all runs {r.show_s:.1f} s; duplicates skipped "
                          f"{r.duplicates_skipped}; SIGTERM→daemon exit {r.stop_s:.1f} s")
         if args.profile:
-            rep.blocks.append(Text(f"## daemon profile ({args.profile} time), {pre} "
-                                   f"({r.profile_path})\n\n{r.profile}"))
+            rep.blocks += [Text(body, f"daemon profile ({args.profile} time), {pre}: {what} "
+                                f"({r.profile_path})", code=bool(what))
+                           for what, body in r.profile]
     rep.ok = all(ok)
     rep.data = results
     rep.seconds = time.monotonic() - t_start

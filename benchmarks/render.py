@@ -76,7 +76,9 @@ def render(rep: Report) -> str:
                 out.append(b.intro.strip() + "\n")
             out.append(table(b.columns, b.rows) + "\n")
         elif isinstance(b, Text):
-            out.append(b.text.strip() + "\n")
+            if b.title:
+                out.append(f"## {b.title}\n")
+            out.append(f"```\n{b.text.rstrip()}\n```\n" if b.code else b.text.strip() + "\n")
     if rep.notes:
         out.append("Notes:\n\n" + "\n".join(f"- {n}" for n in rep.notes) + "\n")
     out.append(f"{'All checks passed' if rep.ok else '**A check FAILED**'}; total benchmark "

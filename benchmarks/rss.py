@@ -85,14 +85,12 @@ def report(rep: Report, args: argparse.Namespace, results: list[RssCase], src: s
             r.round,
             "none (reference)" if not r.kinds else ", ".join(LABEL[k] for k in r.kinds),
             r.viewer, f"{r.n:,}", mb(r.after_start.daemon[0]),
-            mb(dm.last[0]), mb(dm.max_rss), f"**{mb(peak)}**",
+            mb(dm.last[0]), mb(dm.max_rss), mb(peak),
             f"{r.runlog_s:.2f}",
             ("OK" if peak / 1024 <= TARGET_MB else "OVER") if r.kinds else "-"])
-    rep.add("## the daemon process\n")
-    rep.add(tbl(["round", "trackers configured", "web viewer", "events",
-                        "VmRSS after start MB",
-                        "VmRSS at end MB", "largest VmRSS sampled MB", "peak VmHWM MB",
-                        "run log caught up s", f"peak ≤ {TARGET_MB:g} MB"], rows))
+    rep.add(tbl(["round", "trackers configured", "web viewer", "events", "VmRSS after start MB",
+                 "VmRSS at end MB", "largest VmRSS sampled MB", ("peak VmHWM MB", "*"),
+                 "run log caught up s", f"peak ≤ {TARGET_MB:g} MB"], rows, "the daemon process"))
     none = [r for r in results if not r.kinds]
     trk = [r for r in results if r.kinds]
     if none and trk:
@@ -103,12 +101,6 @@ def report(rep: Report, args: argparse.Namespace, results: list[RssCase], src: s
         rep.add(f"\nDaemon peak (VmHWM) with the three trackers {rng(trk, 1)} MB, with no "
                    f"tracker {rng(none, 1)} MB; VmRSS at the end {rng(trk, 0)} vs "
                    f"{rng(none, 0)} MB.\n")
-    if trk:
-        rep.add("## each tracker's worker process (`python -m magnusd._worker`)\n\n"
-                   "`status` rss_mb = the daemon's own reading at the end (it samples each "
-                   "worker every second). Children = the worker's descendant processes "
-                   "(W&B's `wandb-core`), VmRSS at the end / largest sampled / peak. Events/s "
-                   "= N / (caught up − go).\n")
     rows = []
     for tr in trk:
         tot_last = tr.daemon.last[0]
@@ -128,7 +120,7 @@ def report(rep: Report, args: argparse.Namespace, results: list[RssCase], src: s
                 tr.round, LABEL[k], w.pid if w else "-",
                 mb(tr.after_start.workers.get(k, (0, 0))[0]),
                 mb(w.last[0]) if w else "-", mb(max(x.max_rss for x in ws)) if ws else "-",
-                f"**{mb(w.last[1])}**" if w else "-", st.get("rss_mb"), kid_s,
+                mb(w.last[1]) if w else "-", st.get("rss_mb"), kid_s,
                 f"{tr.caught_up_s.get(k, float('nan')):.1f}",
                 f"{tr.n / tr.caught_up_s[k]:,.0f}" if k in tr.caught_up_s else "-",
                 st.get("restarts"), st.get("errors"), st.get("dead_lettered"),
@@ -146,10 +138,14 @@ def report(rep: Report, args: argparse.Namespace, results: list[RssCase], src: s
         tr.tot = (tot_last, tot_peak)
     if trk:
         rep.add(tbl(["round", "tracker", ("worker pid", "d"), "VmRSS after start MB",
-                            "VmRSS at end MB", "largest VmRSS sampled MB", "peak VmHWM MB",
-                            "status rss_mb", "children: comm VmRSS / largest / peak MB",
-                            "caught up s", "events/s", "restarts", "errors", "dead-lettered",
-                            "landed"], rows))
+                     "VmRSS at end MB", "largest VmRSS sampled MB", ("peak VmHWM MB", "*"),
+                     "status rss_mb", "children: comm VmRSS / largest / peak MB",
+                     "caught up s", "events/s", "restarts", "errors", "dead-lettered",
+                     "landed"], rows, "each tracker's worker process (`python -m magnusd._worker`)",
+                    "`status` rss_mb = the daemon's own reading at the end (it samples each "
+                    "worker every second). Children = the worker's descendant processes "
+                    "(W&B's `wandb-core`), VmRSS at the end / largest sampled / peak. Events/s "
+                    "= N / (caught up − go)."))
         rep.add("\nAll processes together (daemon + workers + children; shared pages "
                    "counted in each), VmRSS at the end / sum of the peaks, MB: "
                    + ", ".join(f"round {tr.round} {mb(tr.tot[0])} / {mb(tr.tot[1])}"
