@@ -78,7 +78,9 @@ def one(nclients: int, total: int, profile: str, keep: bool) -> IngestCase:
     per = total // nclients
     total = per * nclients
     root = C.short_tmpdir("mbi")
-    prof_path = str(OUT_DIR / ("quick" if "--quick" in sys.argv else "") / f"ingest-{nclients}c.prof")
+    prof_dir = OUT_DIR / ("quick" if "--quick" in sys.argv else "")
+    prof_dir.mkdir(parents=True, exist_ok=True)
+    prof_path = str(prof_dir / f"ingest-{nclients}c.prof")
     cmd = None
     if profile:
         cmd = [C.PY, PROFILED_SERVE, *(["--wall"] if profile == "wall" else []), prof_path]
