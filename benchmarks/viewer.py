@@ -68,26 +68,14 @@ import msgspec
 import _baseline as B
 import _common as C
 import _viewer_cases as V
-from _results import Report, Result, new_report, save, tbl
+from _results import Cell, Report, Result, new_report, save, tbl
 from _viewer_browser import CHROMIUM, DRIVER
-
-
-def ms(x: float) -> str:
-    return "–" if x != x else f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
-
-
-def mb(kb: int) -> str:
-    return f"{kb / 1024:.0f}"
-
-
-def met(ok: bool) -> str:
-    return "**met**" if ok else "**not met**"
 
 
 def page_cell(x: V.IngestRound) -> str:
     done = x.page_all_after_flush_s
     when = f"all {x.page_points:,} points +{done:.1f} s" if done == done else \
-        f"**stuck at {x.page_points:,} points**"
+        f"STUCK at {x.page_points:,} points"
     return (f"{when}; {x.page_errors} page errors; largest message "
             f"{x.page_max_msg_kb / 1024:.1f} MiB; browser CPU {x.page_bcpu_s:.1f} s")
 
@@ -140,102 +128,87 @@ def main() -> int:
 
 def report(rep: Report, args: Any, R: V.ViewerRun, rss: list[tuple[str, int, int]],
            warnings: list[str]) -> None:
-    rows = []
+    target = V.API_TARGET_MS
+    rows: list[list[Cell]] = []
     for key, what in (("runs", f"`GET /api/runs`, {args.runs:,} runs"),
                       ("series", f"`GET /api/runs/big/series?key=loss&step_name=main&"
                                  f"max_points=2000`, {args.points:,} points"),
                       ("run", f"`GET /api/runs/big` (the {args.points:,}-point run)")):
         x = getattr(R, key)
-        target = (f"median {met(x.median <= V.API_TARGET_MS)}, "
-                  f"p99 {met(x.p99 <= V.API_TARGET_MS)}") if key != "run" else "–"
-        rows.append([what, f"{x.bytes / 1024:,.0f} KiB", ms(x.first), ms(x.median),
-                     ms(x.p99), ms(x.max), target])
-    rep.add(f"API, ms from the request sent to the last byte read (one keep-alive "
-               f"connection; first request alone, then {args.requests}):\n")
-    rep.add(tbl(["request", "answer", "first (cold)", "median", "p99", "max",
-                        f"target ≤ {V.API_TARGET_MS:.0f} ms"], rows))
-    rep.add(f"\n{args.runs:,} spooled runs were in the run log {R.spool_ingest_s:.1f} s "
-               f"after the daemon was started; the {args.points:,}-point client took "
-               f"{R.big_client['s']:.1f} s to track and flush, its series was complete "
-               f"{R.big_wait_s:.1f} s later.\n")
+        rows.append([what, x.bytes / 1024, x.first, x.median, x.p99, x.max,
+                     None if key == "run" else x.median <= target and x.p99 <= target])
+    rep.add(tbl(["request", ("answer KiB", ",.0f"), ("first (cold)", "~"), ("median", "~"),
+                 ("p99", "~"), ("max", "~"), f"median and p99 ≤ {target:.0f} ms"], rows, "API",
+                f"ms from the request sent to the last byte read (one keep-alive connection; "
+                f"first request alone, then {args.requests}). {args.runs:,} spooled runs were "
+                f"in the run log {R.spool_ingest_s:.1f} s after the daemon was started; the "
+                f"{args.points:,}-point client took {R.big_client['s']:.1f} s to track and "
+                f"flush, its series was complete {R.big_wait_s:.1f} s later."))
 
     loads = R.loads
-    cols = ["first_draw_ms", "polled_ms", "get_returned_ms", "nav_start_ms", "html_ms",
-            "dcl_ms", "run_api_ms", "series_api_ms"]
-    names = ["**first chart drawn**", "seen by polling", "driver.get returned",
-             "navigation start", "HTML received", "DOMContentLoaded", "`/api/runs/big` done",
-             "`/series` done"]
-    rows = []
-    for c, nm in zip(cols, names, strict=True):
-        v = [float(getattr(x, c)) for x in loads]
-        rows.append([nm, *[ms(y) for y in v], ms(statistics.median(v))])
-    rep.add(f"Run page of the {args.points:,}-point run (`/runs/big`), ms after "
-               f"`driver.get` was called, {len(loads)} loads (each after about:blank; load 1 "
-               f"is the browser's first visit of this page):\n")
-    rep.add(tbl(["moment", *[f"load {i + 1}" for i in range(len(loads))], "median"],
-                       rows))
     fd = statistics.median(x.first_draw_ms for x in loads)
-    rep.add(f"\nTarget first chart ≤ {V.FIRST_CHART_TARGET_MS:.0f} ms (median): {fd:.0f} ms, "
-               f"{met(fd <= V.FIRST_CHART_TARGET_MS)}. The runs page listing {args.runs + 1:,} "
-               f"runs showed its count {R.runs_page['shown_ms']:,.0f} ms after "
-               f"`driver.get` (its `/api/runs` answer was in at "
-               f"{R.runs_page['api_ms']:,.0f} ms).\n")
+    rows = []
+    for c, nm in (("first_draw_ms", "first chart drawn"), ("polled_ms", "seen by polling"),
+                  ("get_returned_ms", "driver.get returned"), ("nav_start_ms", "navigation start"),
+                  ("html_ms", "HTML received"), ("dcl_ms", "DOMContentLoaded"),
+                  ("run_api_ms", "`/api/runs/big` done"), ("series_api_ms", "`/series` done")):
+        v = [float(getattr(x, c)) for x in loads]
+        rows.append([nm, *v, statistics.median(v)])
+    rep.add(tbl(["moment", *[(f"load {i + 1}", "~") for i in range(len(loads))],
+                 ("median", "*~")], rows, f"run page of the {args.points:,}-point run",
+                f"`/runs/big`, ms after `driver.get` was called, each load after about:blank "
+                f"(load 1 is the browser's first visit of this page). Target first chart ≤ "
+                f"{V.FIRST_CHART_TARGET_MS:.0f} ms (median): {fd:.0f} ms. The runs page listing "
+                f"{args.runs + 1:,} runs showed its count {R.runs_page['shown_ms']:,.0f} ms "
+                f"after `driver.get` (its `/api/runs` answer was in at "
+                f"{R.runs_page['api_ms']:,.0f} ms)."))
 
     L = R.live
-    rows = []
-    for key, nm in (("arrive", "message in the page (before its handler)"),
-                    ("data", "**in the chart's data** (after the page's handler)"),
-                    ("draw", "drawn (uPlot draw hook)")):
-        s = getattr(L, key)
-        rows.append([nm, ms(s.min), ms(s.p50), ms(s.p90), f"**{ms(s.p99)}**"
-                     if key == "data" else ms(s.p99), ms(s.max)])
-    rep.add(f"Tracked → in an open run page, {L.n:,} events at "
-               f"{L.rate:,.0f} events/s (client's own rate; largest catch-up burst "
-               f"{L.client['max_burst']} events) for {args.seconds:.0f} s, ms from the "
-               f"client's time.time() before `track_this` to the page's Date.now():\n")
-    rep.add(tbl(["moment", "min", "p50", "p90", "p99", "max"], rows))
-    rep.add(
-        f"\nTarget p99 ≤ {V.LIVE_P99_TARGET_MS:.0f} ms (in the data): "
-        f"{met(L.data.p99 <= V.LIVE_P99_TARGET_MS)}. The page received {L.messages} "
-        f"messages (median {L.msg_kb_median:.0f} KiB), its handler took "
-        f"{ms(L.handler_ms.p50)} ms median / {ms(L.handler_ms.max)} ms max; "
-        f"{L.draws} draws; final data {L.steps_ok} (steps 0..{L.n:,} exactly), "
-        f"steps never in the data {L.missing_data}, never drawn {L.missing_draw}. "
-        f"Clocks: page Date.now() − Python time.time() = {L.clock_offset_ms:+.1f} ms "
-        f"(± {L.clock_rtt_ms / 2:.1f} ms round trip). Daemon CPU during it "
-        f"{L.daemon_cpu_s:.2f} s.\n")
+    rows = [[nm, s.min, s.p50, s.p90, s.p99, s.max] for nm, s in (
+        ("message in the page (before its handler)", L.arrive),
+        ("in the chart's data (after the page's handler)", L.data),
+        ("drawn (uPlot draw hook)", L.draw))]
+    rep.add(tbl(["moment", ("min", "~"), ("p50", "~"), ("p90", "~"), ("p99", "*~"),
+                 ("max", "~")], rows, "tracked → in an open run page",
+                f"{L.n:,} events at {L.rate:,.0f} events/s (the client's own rate; largest "
+                f"catch-up burst {L.client['max_burst']} events) for {args.seconds:.0f} s, ms "
+                f"from the client's time.time() before `track_this` to the page's Date.now(). "
+                f"Target p99 ≤ {V.LIVE_P99_TARGET_MS:.0f} ms (in the data)."))
+    rep.add(f"The page received {L.messages} messages (median {L.msg_kb_median:.0f} KiB), its "
+            f"handler took {L.handler_ms.p50:.1f} ms median / {L.handler_ms.max:.1f} ms max; "
+            f"{L.draws} draws; final data {L.steps_ok} (steps 0..{L.n:,} exactly), steps never "
+            f"in the data {L.missing_data}, never drawn {L.missing_draw}. Clocks: page "
+            f"Date.now() − Python time.time() = {L.clock_offset_ms:+.1f} ms "
+            f"(± {L.clock_rtt_ms / 2:.1f} ms round trip). Daemon CPU during it "
+            f"{L.daemon_cpu_s:.2f} s.")
 
     ing = R.ingest
     rows = []
     for i, x in enumerate(ing):
         after = page_cell(x) if x.page else (
             f"{x.stream_mib:.1f} MiB streamed, the last byte "
-            f"{x.stream_done_after_flush_s:+.1f} s"
-            if x.mode == "stream" else "–")
-        rows.append([str(i // len(V.MODES) + 1), V.MODES[x.mode],
-                     f"{x.journal_eps:,.0f}", f"{x.runlog_eps:,.0f}",
-                     f"{x.client_loop_s:.2f}", f"{x.daemon_cpu_s:.2f}",
-                     f"{x.browser_cpu_s:.2f}", after,
-                     f"{mb(x.rss_kb[0])} / {mb(x.rss_kb[1])}", str(x.lost)])
-    rep.add(f"Ingest, {args.events:,} events from 2 clients (one run, steps `c0` and `c1`), "
-               f"as fast as they can, then flush(); the browser running throughout; daemon and "
-               f"browser CPU from the release to the run log caught up:\n")
-    rep.add(tbl(["round", "browser on", "journal events/s", "run log events/s",
-                        "slowest client loop s", "daemon CPU s", "browser CPU s",
-                        "after the last flush", "daemon RSS / peak MB", "lost"], rows))
+            f"{x.stream_done_after_flush_s:+.1f} s" if x.mode == "stream" else "–")
+        rows.append([i // len(V.MODES) + 1, V.MODES[x.mode], x.journal_eps, x.runlog_eps,
+                     x.client_loop_s, x.daemon_cpu_s, x.browser_cpu_s, after,
+                     f"{x.rss_kb[0] / 1024:.0f} / {x.rss_kb[1] / 1024:.0f}", x.lost])
     med = {m: statistics.median(x.journal_eps for x in ing if x.mode == m) for m in V.MODES}
     medr = {m: statistics.median(x.runlog_eps for x in ing if x.mode == m) for m in V.MODES}
     ratio = med["page"] / med["none"]
-    rep.add(f"\nMedian journal events/s: no page {med['none']:,.0f}, page open "
-               f"{med['page']:,.0f}: ratio **{ratio:.3f}** (target ≥ {V.INGEST_TARGET:.2f}: "
-               f"{met(ratio >= V.INGEST_TARGET)}); the stream alone (no browser) "
-               f"{med['stream']:,.0f} ({med['stream'] / med['none']:.3f}). Run log: "
-               f"{medr['none']:,.0f} / {medr['page']:,.0f} / {medr['stream']:,.0f} "
-               f"({medr['page'] / medr['none']:.3f}, {medr['stream'] / medr['none']:.3f}).\n")
-
-    rep.add("Daemon memory (the daemon process; no trackers configured), MB:\n")
-    rep.add(tbl(["after", "VmRSS", "VmHWM (peak so far)"],
-                       [[w, mb(a), mb(b)] for w, a, b in rss]))
+    rep.add(tbl(["round", "browser on", ("journal events/s", ",.0f"),
+                 ("run log events/s", ",.0f"), ("slowest client loop s", ".2f"),
+                 ("daemon CPU s", ".2f"), ("browser CPU s", ".2f"), "after the last flush",
+                 "daemon RSS / peak MB", "lost"], rows, "ingest with a live page",
+                f"{args.events:,} events from 2 clients (one run, steps `c0` and `c1`), as fast "
+                f"as they can, then flush(); the browser running throughout; daemon and browser "
+                f"CPU from the release to the run log caught up. Median journal events/s: no "
+                f"page {med['none']:,.0f}, page open {med['page']:,.0f}: ratio {ratio:.3f} "
+                f"(target ≥ {V.INGEST_TARGET:.2f}); the stream alone (no browser) "
+                f"{med['stream']:,.0f} ({med['stream'] / med['none']:.3f}). Run log: "
+                f"{medr['none']:,.0f} / {medr['page']:,.0f} / {medr['stream']:,.0f} "
+                f"({medr['page'] / medr['none']:.3f}, {medr['stream'] / medr['none']:.3f})."))
+    rep.add(tbl(["after", ("VmRSS", ".0f"), ("VmHWM (peak so far)", ".0f")],
+                [[w, a / 1024, b / 1024] for w, a, b in rss],
+                "daemon memory", "The daemon process (no trackers configured), MB."))
     notes = [f"daemon exit on SIGTERM: {R.daemon_exit}"]
     if R.status_ui:
         notes.append(f"status ui at the end: {R.status_ui}")
