@@ -17,6 +17,7 @@ from magnusd import _series
 from magnusd._fanout import OP_EVENTS, to_ops, to_record_ops
 from magnusd._ingress import Dedup, Ingress
 from magnusd._journal import Journal, Reader
+from magnusd._reader import Record
 from magnusd._runstore import RunStore
 
 HELLO = proto.Hello(proto.PROTOCOL_VERSION, "t")
@@ -35,11 +36,11 @@ def mark(seq: int, kind: Literal["start", "end"], status: str = "",
     return proto.StepMark("c", seq, "r", "", "s", kind, 1.0, status, attempt, "h", 7)
 
 
-def journaled(*msgs: msgspec.Struct) -> list[tuple[int, int, bytes]]:
+def journaled(*msgs: msgspec.Struct) -> list[Record]:
     out, total = [], 0
     for i, m in enumerate(msgs, 1):
         total += m.count() if isinstance(m, proto.Batch) and m.track else 0
-        out.append((i, total, proto.encoder.encode(m)))
+        out.append(Record(i, total, proto.encoder.encode(m)))
     return out
 
 

@@ -59,9 +59,10 @@ def test_op_kinds_are_their_strings_on_any_wire() -> None:
     import msgspec
 
     from magnusd._fanout import OpKind, to_ops, to_record_ops
+    from magnusd._reader import Record
 
     mark = proto.StepMark("c", 2, "r", "", "s", "end", 1.0, "FAIL", "a1", "h", 7)
-    records = [(1, 1, batch(1)), (2, 1, proto.encoder.encode(mark))]
+    records = [Record(1, 1, batch(1)), Record(2, 1, proto.encoder.encode(mark))]
     assert [o.kind for o in to_ops(records)] == [OpKind.EVENTS, OpKind.STEP_END]
     assert [o.kind for o in to_record_ops(records)] == [OpKind.RECORDS]
     assert [o.kind for o in to_ops(records)] == ["events", "step_end"]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from magnus import _protocol as proto
 
 from ._journal import Journal, Reader
+from ._reader import Record
 from ._tracker import Event, RunInfo
 
 log = logging.getLogger("magnusd.fanout")
@@ -138,7 +139,7 @@ class Op:
     records: list[tuple[int, bytes]] = field(default_factory=list)  # kind RECORDS
 
 
-def to_record_ops(batch: list[tuple[int, int, bytes]]) -> list[Op]:
+def to_record_ops(batch: list[Record]) -> list[Op]:
     """Journal records → ops of raw records (for forwarders), about 1 MiB each."""
     ops: list[Op] = []
     size = 0
@@ -153,7 +154,7 @@ def to_record_ops(batch: list[tuple[int, int, bytes]]) -> list[Op]:
     return ops
 
 
-def to_ops(batch: list[tuple[int, int, bytes]]) -> list[Op]:
+def to_ops(batch: list[Record]) -> list[Op]:
     """Journal records → delivery ops; consecutive events are merged up to OP_EVENTS."""
     ops: list[Op] = []
     cur: Op | None = None

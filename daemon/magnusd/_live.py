@@ -22,6 +22,7 @@ import msgspec
 from magnus import _protocol as proto
 
 from ._journal import Journal, Reader
+from ._reader import Record
 from ._series import collect
 from ._series import downsample as _series_downsample
 
@@ -69,7 +70,7 @@ def _message(reader: Reader, run_id: str | None, tag: str | None) -> bytes | Non
     return b"data: " + msgspec.json.encode(out) + b"\n\n" if out else None
 
 
-def _points(batch: list[tuple[int, int, bytes]], run_id: str | None,
+def _points(batch: list[Record], run_id: str | None,
             tag: str | None) -> dict[str, Any] | None:
     series: dict[tuple[str, str, str], dict[str, Any]] = {}
     marks = []

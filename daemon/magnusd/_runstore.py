@@ -35,6 +35,7 @@ from ._checkpoint import read_checkpoint as read_checkpoint
 from ._journal import Journal, Reader
 from ._names import run_dirname as run_dirname
 from ._names import run_id_from_dirname as run_id_from_dirname
+from ._reader import Record
 from ._status import RunStoreStatus
 
 log = logging.getLogger("magnusd.runstore")
@@ -103,7 +104,7 @@ class RunStore:
 
     # -- applying ---------------------------------------------------------------------------
 
-    def apply(self, batch: list[tuple[int, int, bytes]]) -> None:
+    def apply(self, batch: list[Record]) -> None:
         by_file: dict[str, list[tuple[int, bytes]]] = {}
         series: dict[str, list[_series.Points]] = {}
         touched: set[str] = set()
@@ -269,7 +270,7 @@ class RunStore:
                 with anyio.move_on_after(CHECKPOINT_INTERVAL):
                     await journal.wait_written(reader.next_seq - 1)
 
-    def _apply_and_checkpoint(self, batch: list[tuple[int, int, bytes]]) -> None:
+    def _apply_and_checkpoint(self, batch: list[Record]) -> None:
         self.apply(batch)
         self.checkpoint()
 

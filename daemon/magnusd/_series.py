@@ -18,7 +18,7 @@ import os
 import struct
 from array import array
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 from magnus import _protocol as proto
 
@@ -28,7 +28,24 @@ POINT = struct.Struct("<qdd")
 SUFFIX = ".pts"
 UNSORTED = ".unsorted"
 _NUMBERS = {int, float}
-Points = tuple[list[int], list[float], list[Any]]
+Points = tuple[list[int], list[float], list[Any]]  # steps, times, values: as collected
+
+
+class Series(NamedTuple):
+    """One series as read from its file, in step order (unpacks as steps, times, values)."""
+
+    steps: array[int]
+    times: array[float]
+    values: array[float]
+
+
+class Downsampled(NamedTuple):
+    """At most the asked number of points; `downsampled` when some were left out."""
+
+    steps: list[int]
+    times: list[float]
+    values: list[float]
+    downsampled: bool
 
 
 def collect(msg: proto.Batch) -> dict[str, Points]:
@@ -88,8 +105,8 @@ def last_step(fd: int) -> int:
 # -- reading -----------------------------------------------------------------------------------
 
 
-def read(path: str) -> tuple[array[int], array[float], array[float]]:
-    """(steps, times, values) of one series, in step order."""
+def read(path: str) -> Series:
+    """One series (its steps, times and values), in step order."""
     with open(path, "rb") as f:
         data = f.read()
     data = data[: len(data) - len(data) % POINT.size]
@@ -104,15 +121,15 @@ def read(path: str) -> tuple[array[int], array[float], array[float]]:
         steps = array("q", order)
         times = array("d", [last[s][0] for s in order])
         values = array("d", [last[s][1] for s in order])
-    return steps, times, values
+    return Series(steps, times, values)
 
 
 def downsample(steps: array[int], times: array[float], values: array[float],
-               max_points: int) -> tuple[list[int], list[float], list[float], bool]:
+               max_points: int) -> Downsampled:
     """At most `max_points` points, each bucket's min and max kept (in step order)."""
     n = len(values)
     if n <= max_points:
-        return steps.tolist(), times.tolist(), values.tolist(), False
+        return Downsampled(steps.tolist(), times.tolist(), values.tolist(), False)
     buckets = max(max_points // 2, 1)
     idx: list[int] = []
     for b in range(buckets):
@@ -122,7 +139,8 @@ def downsample(steps: array[int], times: array[float], values: array[float],
         chunk = values[lo:hi]
         i, j = lo + chunk.index(min(chunk)), lo + chunk.index(max(chunk))
         idx.extend((i, j) if i < j else (j, i) if j < i else (i,))
-    return ([steps[i] for i in idx], [times[i] for i in idx], [values[i] for i in idx], True)
+    return Downsampled([steps[i] for i in idx], [times[i] for i in idx],
+                       [values[i] for i in idx], True)
 
 
 def listing(runs_dir: str, run_id: str) -> list[dict[str, Any]]:

@@ -145,9 +145,9 @@ class Daemon:
                 tg.start_soon(self.trackers.watch, self.stopping)
                 tg.start_soon(self._retention)
                 # What clients spooled while no daemon ran is journaled before anyone is served.
-                n, _ = await _spool.ingest_all(self.settings.spool_dir, self.ingress)
-                if n:
-                    log.info("ingested %d spooled event(s)", n)
+                spooled = await _spool.ingest_all(self.settings.spool_dir, self.ingress)
+                if spooled.events:
+                    log.info("ingested %d spooled event(s)", spooled.events)
                 tg.start_soon(_spool.watch, self.settings.spool_dir, self.ingress, self.stopping)
                 self.reaper = Reaper(self.journal, store.attempts, lambda: store.applied_seq,
                                      self.host, self.settings.spool_dir)

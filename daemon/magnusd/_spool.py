@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from dataclasses import dataclass
 
 import anyio
 
@@ -40,22 +41,38 @@ def pending_files(directory: str) -> list[str]:
     return sorted(paths, key=lambda p: (os.stat(p).st_mtime if os.path.exists(p) else 0, p))
 
 
-def _read_trusted(path: str, allowed_uids: set[int]) -> tuple[bytes, str | None]:
+@dataclass(frozen=True)
+class Contents:
+    """A spool file's bytes, or why it is refused (then `data` is empty)."""
+
+    data: bytes
+    refused: str | None = None
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What one pass over the spool directory came to."""
+
+    events: int  # metric points journaled
+    left: bool  # files stay for later: the journal cannot be written
+
+
+def _read_trusted(path: str, allowed_uids: set[int]) -> Contents:
     """The file's bytes, unless it is a symlink, not a regular file, owned by a uid that may
     not use this daemon, or writable by anyone (then: why it is refused)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            return b"", "not a regular file"
+            return Contents(b"", "not a regular file")
         if st.st_uid not in allowed_uids and -1 not in allowed_uids:
-            return b"", f"owned by uid {st.st_uid}, which may not use this daemon"
+            return Contents(b"", f"owned by uid {st.st_uid}, which may not use this daemon")
         if st.st_mode & 0o002:
-            return b"", "writable by any user"
+            return Contents(b"", "writable by any user")
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
-        return b"".join(chunks), None
+        return Contents(b"".join(chunks))
     finally:
         os.close(fd)
 
@@ -63,15 +80,16 @@ def _read_trusted(path: str, allowed_uids: set[int]) -> tuple[bytes, str | None]
 async def ingest_file(path: str, ingress: Ingress) -> int:
     """Journal one spool file and delete it once durable; return the events taken."""
     try:
-        data, refused = await anyio.to_thread.run_sync(
+        contents = await anyio.to_thread.run_sync(
             _read_trusted, path, ingress.allowed_uids | {os.getuid()})
     except FileNotFoundError:
         return 0
     except OSError as e:  # ELOOP: a symlink planted in the spool directory
-        data, refused = b"", f"cannot be opened safely ({e.strerror})"
-    if refused:
-        _move_bad(path, f"refused: {refused}", 0)
+        contents = Contents(b"", f"cannot be opened safely ({e.strerror})")
+    if contents.refused:
+        _move_bad(path, f"refused: {contents.refused}", 0)
         return 0
+    data = contents.data
     payloads, used, error = proto.split_frames(data, ingress.max_frame)
     if not error and used != len(data):
         error = f"truncated frame at byte {used}"
@@ -110,17 +128,16 @@ def _move_bad(path: str, error: str, nrec: int) -> None:
               path, error, nrec, bad)
 
 
-async def ingest_all(directory: str, ingress: Ingress) -> tuple[int, bool]:
-    """Ingest every spool file: (events taken, whether files were left for later because
-    the journal cannot be written)."""
+async def ingest_all(directory: str, ingress: Ingress) -> Ingested:
+    """Ingest every spool file (those left for later stay where they are)."""
     total = 0
     for path in pending_files(directory):
         try:
             total += await ingest_file(path, ingress)
         except Unwritable as e:
             log.error("spool files stay until the journal can be written again: %s", e)
-            return total, True
-    return total, False
+            return Ingested(total, left=True)
+    return Ingested(total, left=False)
 
 
 RETRY_S = 2.0
@@ -139,7 +156,7 @@ async def watch(directory: str, ingress: Ingress, stop: anyio.Event) -> None:
 
     async def once() -> None:
         async with lock:
-            left[0] = (await ingest_all(directory, ingress))[1]
+            left[0] = (await ingest_all(directory, ingress)).left
 
     async def retry() -> None:  # files left while the journal could not be written
         while True:

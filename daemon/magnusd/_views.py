@@ -122,13 +122,14 @@ def series_view(data_dir: str, run_id: str, step_name: str, key: str,
                 max_points: int = DEFAULT_POINTS) -> dict[str, Any] | None:
     path = _series.path_of(os.path.join(data_dir, "runs"), run_id, step_name, key)
     try:
-        steps, times, values = _series.read(path)
+        series = _series.read(path)
     except FileNotFoundError:
         return None
-    s, t, v, down = _series.downsample(steps, times, values, max(2, min(max_points, MAX_POINTS)))
-    return {"run_id": run_id, "step_name": step_name, "key": key, "points": len(steps),
-            "steps": s, "times": t, "values": [x if math.isfinite(x) else None for x in v],
-            "downsampled": down}
+    d = _series.downsample(*series, max(2, min(max_points, MAX_POINTS)))
+    return {"run_id": run_id, "step_name": step_name, "key": key, "points": len(series.steps),
+            "steps": d.steps, "times": d.times,
+            "values": [x if math.isfinite(x) else None for x in d.values],
+            "downsampled": d.downsampled}
 
 
 def compare(data_dir: str, run_ids: list[str]) -> list[dict[str, Any]]:
@@ -139,8 +140,8 @@ def compare(data_dir: str, run_ids: list[str]) -> list[dict[str, Any]]:
         if not os.path.isdir(os.path.join(runs_dir, run_dirname(run_id))):
             raise LookupError(run_id)
         for s in _series.listing(runs_dir, run_id):
-            _, _, values = _series.read(_series.path_of(runs_dir, run_id, s["step_name"],
-                                                        s["key"]))
+            values = _series.read(_series.path_of(runs_dir, run_id, s["step_name"],
+                                                  s["key"])).values
             finite = [x for x in values if math.isfinite(x)] or [math.nan]
             row = table.setdefault((s["step_name"], s["key"]),
                                    {"step_name": s["step_name"], "key": s["key"], "runs": {}})
