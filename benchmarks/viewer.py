@@ -70,9 +70,10 @@ import _common as C
 import _viewer_cases as V
 from _results import Cell, Report, Result, new_report, save, tbl
 from _viewer_browser import CHROMIUM, DRIVER
+from _viewer_ingest import MODES, IngestRound
 
 
-def page_cell(x: V.IngestRound) -> str:
+def page_cell(x: IngestRound) -> str:
     done = x.page_all_after_flush_s
     when = f"all {x.page_points:,} points +{done:.1f} s" if done == done else \
         f"STUCK at {x.page_points:,} points"
@@ -188,11 +189,11 @@ def report(rep: Report, args: Any, R: V.ViewerRun, rss: list[tuple[str, int, int
         after = page_cell(x) if x.page else (
             f"{x.stream_mib:.1f} MiB streamed, the last byte "
             f"{x.stream_done_after_flush_s:+.1f} s" if x.mode == "stream" else "–")
-        rows.append([i // len(V.MODES) + 1, V.MODES[x.mode], x.journal_eps, x.runlog_eps,
+        rows.append([i // len(MODES) + 1, MODES[x.mode], x.journal_eps, x.runlog_eps,
                      x.client_loop_s, x.daemon_cpu_s, x.browser_cpu_s, after,
                      f"{x.rss_kb[0] / 1024:.0f} / {x.rss_kb[1] / 1024:.0f}", x.lost])
-    med = {m: statistics.median(x.journal_eps for x in ing if x.mode == m) for m in V.MODES}
-    medr = {m: statistics.median(x.runlog_eps for x in ing if x.mode == m) for m in V.MODES}
+    med = {m: statistics.median(x.journal_eps for x in ing if x.mode == m) for m in MODES}
+    medr = {m: statistics.median(x.runlog_eps for x in ing if x.mode == m) for m in MODES}
     ratio = med["page"] / med["none"]
     rep.add(tbl(["round", "browser on", ("journal events/s", ",.0f"),
                  ("run log events/s", ",.0f"), ("slowest client loop s", ".2f"),
