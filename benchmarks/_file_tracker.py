@@ -1,5 +1,6 @@
-"""The `file` tracker as benchmarks/swap.py drives it: its config written the way editors save,
-its output polled for the first line, and read back: each (run_id, step) exactly once.
+"""The `file` tracker as benchmarks/swap.py drives it: its config written the way editors save
+(and the daemon's reload of it awaited), its output polled for the first line and read back
+(each (run_id, step) exactly once), and a `backfill: true` replay of the retained journal.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+
+import _common as C
 
 
 class FileCheck(msgspec.Struct, kw_only=True):
@@ -72,7 +75,6 @@ def first_line(path: Path, timeout: float, every: float = 0.001) -> tuple[float,
 
 def read_lines(paths: list[Path]) -> tuple[int, Counter[tuple[str, int]], set[str]]:
     """(lines, Counter of (run_id, step), keys seen) over the files."""
-    import msgspec
 
     class Line(msgspec.Struct):
         run_id: str
@@ -102,3 +104,56 @@ def exactly_once(seen: Counter[tuple[str, int]], expected: dict[str, int]) -> di
     unexpected = sum(c for (rid, i), c in seen.items()
                      if rid not in expected or not 0 <= i < expected[rid])
     return {"missing": missing, "duplicates": dups, "unexpected": unexpected}
+
+
+def reloaded(d: C.Daemon, before: float, timeout: float) -> dict[str, Any]:
+    """The status once `config.loaded_at` moved past `before`."""
+    st: dict[str, Any] = C.wait_for(lambda: (s := d.status())["config"]["loaded_at"] != before
+                                    and s, timeout, 0.005, "config.loaded_at to change")
+    return st
+
+
+def wait_delivered(d: C.Daemon, names: list[str], min_events: int, timeout: float,
+                   every: float = 0.01) -> tuple[float, dict[str, Any]]:
+    """Until events_total >= min_events and each named tracker has pending == 0."""
+    def ok() -> dict[str, Any] | None:
+        st = d.status()
+        if st["events_total"] < min_events:
+            return None
+        for n in names:
+            t = C.tracker(st, n)
+            if not t or t["pending"] or t["state"] != "running":
+                return None
+        return st
+
+    st = C.wait_for(ok, timeout, every, f"trackers {names} caught up")
+    return time.monotonic(), st
+
+
+class Replay(msgspec.Struct, kw_only=True):
+    """A `backfill: true` tracker added to the idle daemon: the retained journal replayed."""
+
+    delivered: int
+    lines: int
+    s: float  # from its config.loaded_at until delivered
+    from_replace_s: float
+    missing: int
+    duplicates: int
+    unexpected: int
+    eps: float = float("nan")
+
+
+def replay(d: C.Daemon, main_path: Path, path: Path, expected: dict[str, int]) -> Replay:
+    """A second `file` tracker with `backfill: true` added beside `main` on an idle daemon: the
+    retained journal replayed into `path`, timed from its `config.loaded_at` until delivered."""
+    before = d.status()["config"]["loaded_at"]
+    _, w_rep = save_config(d.config, [{"name": "main", "path": main_path},
+                                      {"name": "replay", "path": path, "backfill": True}])
+    reloaded(d, before, 10)
+    _, st = wait_delivered(d, ["replay"], 0, 120, every=0.01)
+    w_done = time.time()
+    lines, seen, _ = read_lines([path])
+    s = w_done - st["config"]["loaded_at"]
+    delivered = C.tracker(st, "replay")["delivered"]
+    return Replay(delivered=delivered, lines=lines, s=s, from_replace_s=w_done - w_rep,
+                  eps=delivered / s if s > 0 else float("nan"), **exactly_once(seen, expected))

@@ -15,7 +15,17 @@ from typing import Any
 import msgspec
 
 import _common as C
-from _file_tracker import FileCheck, exactly_once, first_line, read_lines, save_config
+from _file_tracker import (
+    FileCheck,
+    Replay,
+    exactly_once,
+    first_line,
+    read_lines,
+    reloaded,
+    replay,
+    save_config,
+    wait_delivered,
+)
 
 STEADY = str(C.HERE / "_steady_client.py")
 INGEST = str(C.HERE / "_ingest_client.py")
@@ -47,19 +57,6 @@ class SwapCase(C.Ended, kw_only=True):
     client_stderr: list[str] = msgspec.field(default_factory=list)
 
 
-class Replay(msgspec.Struct, kw_only=True):
-    """A `backfill: true` tracker added to the idle daemon: the retained journal replayed."""
-
-    delivered: int
-    lines: int
-    s: float  # from its config.loaded_at until delivered
-    from_replace_s: float
-    missing: int
-    duplicates: int
-    unexpected: int
-    eps: float = float("nan")
-
-
 class FanoutCase(C.Ended, kw_only=True):
     clients: int
     events: int
@@ -88,30 +85,6 @@ class FanoutCase(C.Ended, kw_only=True):
     replay: Replay | None = None
     rss_kb: tuple[int, int]
     client_stderr: list[str] = msgspec.field(default_factory=list)
-
-
-def reloaded(d: C.Daemon, before: float, timeout: float) -> dict[str, Any]:
-    """The status once `config.loaded_at` moved past `before`."""
-    st: dict[str, Any] = C.wait_for(lambda: (s := d.status())["config"]["loaded_at"] != before
-                                    and s, timeout, 0.005, "config.loaded_at to change")
-    return st
-
-
-def wait_delivered(d: C.Daemon, names: list[str], min_events: int, timeout: float,
-                   every: float = 0.01) -> tuple[float, dict[str, Any]]:
-    """Until events_total >= min_events and each named tracker has pending == 0."""
-    def ok() -> dict[str, Any] | None:
-        st = d.status()
-        if st["events_total"] < min_events:
-            return None
-        for n in names:
-            t = C.tracker(st, n)
-            if not t or t["pending"] or t["state"] != "running":
-                return None
-        return st
-
-    st = C.wait_for(ok, timeout, every, f"trackers {names} caught up")
-    return time.monotonic(), st
 
 
 # -- swap latency -------------------------------------------------------------------------
@@ -240,21 +213,7 @@ def case_fanout(nclients: int, per: int, with_tracker: bool, keep: bool) -> Fano
                        tracker_last_error=t["last_error"], restarts=t["restarts"])
             lines, seen, _ = read_lines([fan_path])
             res["check"] = {"lines": lines, **exactly_once(seen, dict.fromkeys(run_ids, per))}
-            # The same tracker type alone: a backfill replay of the retained journal, idle daemon.
-            rpath = outd / "replay.jsonl"
-            before = d.status()["config"]["loaded_at"]
-            _, w_rep = save_config(d.config, [{"name": "main", "path": fan_path},
-                                              {"name": "replay", "path": rpath,
-                                               "backfill": True}])
-            reloaded(d, before, 10)
-            _, st2 = wait_delivered(d, ["replay"], 0, 120, every=0.01)
-            w_done = time.time()
-            r = C.tracker(st2, "replay")
-            rlines, rseen, _ = read_lines([rpath])
-            res["replay"] = {"delivered": r["delivered"], "lines": rlines,
-                             "s": w_done - st2["config"]["loaded_at"],
-                             "from_replace_s": w_done - w_rep,
-                             **exactly_once(rseen, dict.fromkeys(run_ids, per))}
+            res["replay"] = replay(d, fan_path, outd / "replay.jsonl", dict.fromkeys(run_ids, per))
         res["rss_kb"] = d.rss_kb()
     finally:
         C.kill_all(procs)
@@ -263,7 +222,5 @@ def case_fanout(nclients: int, per: int, with_tracker: bool, keep: bool) -> Fano
     res["runlog_eps"] = total / res["runlog_s"]
     if with_tracker:
         res["fan_eps"] = total / res["fan_s"]
-        rp = res["replay"]
-        rp["eps"] = rp["delivered"] / rp["s"] if rp["s"] > 0 else float("nan")
     return msgspec.convert(res, FanoutCase)
 
