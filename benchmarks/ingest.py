@@ -126,8 +126,7 @@ def one(nclients: int, total: int, profile: str, keep: bool) -> IngestCase:
         duplicates_skipped=st.get("duplicates_skipped"), daemon_cpu_s=cpu1 - cpu0, rss_kb=rss,
         lost=lost, missing=missing[:5], show_s=show_s,
         client_stderr=[o["stderr"][:300] for o in outs if o["stderr"]],
-        daemon_exit=fin["daemon_exit"], stop_s=fin["stop_s"],
-        daemon_log_problems=fin["daemon_log_problems"],
+        **fin,
         profile=profile_text(prof_path) if profile else [],
         profile_path=prof_path if profile else "")
 
@@ -191,12 +190,9 @@ def main() -> int:
          r.lost, "OK" if good else "FAIL"] for r, good in zip(results, ok, strict=True)]))
     for r in results:
         pre = f"{r.clients} client(s)"
-        if r.daemon_log_problems:
-            rep.notes.append(f"{pre}: daemon log: " + " / ".join(r.daemon_log_problems[:5]))
+        rep.notes += r.problems(pre)
         if r.client_stderr:
             rep.notes.append(f"{pre}: client stderr: " + " / ".join(r.client_stderr[:3]))
-        if r.daemon_exit != 0:
-            rep.notes.append(f"{pre}: daemon exited {r.daemon_exit} on SIGTERM")
         if r.missing:
             rep.notes.append(f"{pre}: missing e.g. {r.missing}")
         rep.notes.append(f"{pre}: journal {r.journal_bytes / r.events:.1f} bytes/event; "

@@ -79,7 +79,7 @@ def client(mode: str, n: int, env: dict[str, str], case: str, sdk: str, rnd: int
            sdk_dir: Path | None) -> Case:
     env = dict(env)
     env.pop("PYTHONPATH", None)
-    where = REPO_SDK
+    where = C.REPO / "sdk" / "magnus"
     if sdk_dir is not None:  # a `git archive` copy, imported ahead of the editable install
         env["PYTHONPATH"] = str(sdk_dir)
         where = sdk_dir / "magnus"
@@ -89,9 +89,6 @@ def client(mode: str, n: int, env: dict[str, str], case: str, sdk: str, rnd: int
     return Case(case=case, sdk=sdk, round=rnd, load=load, calls=Stats.of(r["calls"]),
                 timer=Stats.of(r["timer"]), loop_s=r.get("loop_s", float("nan")),
                 flush_ok=r.get("flush_ok", True), dropped=r.get("dropped"), stderr=r["stderr"])
-
-
-REPO_SDK = C.REPO / "sdk" / "magnus"
 
 
 def verify(c: Case, d: C.Daemon, run_id: str, n: int) -> Case:
@@ -244,10 +241,7 @@ def main() -> int:
                            "none (see /work/shared/peers.md for their numbers on this machine "
                            "kind)")))
     for fin in fins:
-        if fin["daemon_log_problems"]:
-            rep.notes.append(f"daemon log: {fin['daemon_log_problems']}"[:600])
-        if fin["daemon_exit"] not in (0, None):
-            rep.notes.append(f"a daemon exited {fin['daemon_exit']} on SIGTERM")
+        rep.notes += msgspec.convert(fin, C.Ended).problems("a")
     rep.ok = all(c.ok for c in results)
     rep.data = results
     rep.seconds = time.monotonic() - t_start

@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 import _baseline as B
 import _common as C
 from _baseline import extract_sdk
@@ -181,10 +183,7 @@ def main() -> int:
                      "median in the 'timer' column). µs; 'all' = median of the per-round values "
                      "(max: the largest); 'load 1 min' = /proc/loadavg as the case started.")
     report(rep, results, args.baseline)
-    if fin["daemon_log_problems"]:
-        rep.notes.append(f"daemon log: {fin['daemon_log_problems'][:5]}")
-    if fin["daemon_exit"] not in (0, None):
-        rep.notes.append(f"daemon exited {fin['daemon_exit']} on SIGTERM")
+    rep.notes += msgspec.convert(fin, C.Ended).problems("the")
     rep.notes.append(f"daemon RSS {rss[0] / 1024:.0f} MB (peak {rss[1] / 1024:.0f} MB) at the end")
     rep.ok = all(r.ok for r in results)
     rep.data = results
