@@ -167,7 +167,7 @@ def main() -> int:
               file=sys.stderr)
         results.append(one(n, args.events, args.profile, args.keep))
     rep = new_report("ingest-profiled" if args.profile else "ingest", "daemon ingest rate", (
-        ("**daemon under cProfile: rates are not representative**\n\n" if args.profile else "")
+        ("The daemon ran under cProfile: rates are not representative.\n\n" if args.profile else "")
         + "From the first event to: every client's flush() returned (journal), `status` shows "
         "runlog.applied_seq == journal.last_seq with all events counted (run log). Target ≥ "
         "1,000,000 events/s. When the slowest client's loop takes about as long as the journal "

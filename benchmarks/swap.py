@@ -94,7 +94,7 @@ def report(rep: Report, swap: SwapCase | None, fans: list[FanoutCase]) -> None:
         rep.add(f"\nExactly once across the {mc.files} `main` instances' files: "
                    f"{mc.lines:,} lines for {swap.events:,} events sent; missing "
                    f"{mc.missing}, duplicated {mc.duplicates}, unexpected "
-                   f"{mc.unexpected} — **{'OK' if ok else 'FAIL'}**. Client's largest "
+                   f"{mc.unexpected} — {'OK' if ok else 'FAIL'}. Client's largest "
                    f"catch-up burst: {swap.max_burst} events.\n")
         if not ok:
             problems.append("swap: main instances not exactly once")
@@ -138,9 +138,9 @@ def report(rep: Report, swap: SwapCase | None, fans: list[FanoutCase]) -> None:
             rep.results.append(Result(name="`file` tracker fan-out", unit="events/s",
                                       n=len(fan), median=statistics.median(fan)))
             rep.add(f"\nIngest with the `file` tracker ÷ without, round by round: "
-                       f"{', '.join(f'{x:.1%}' for x in ratios)}; **median "
-                       f"{statistics.median(ratios):.1%}** (target ≥ {INGEST_TARGET:.0%}). "
-                       f"Fan-out events/s: median **{statistics.median(fan):,.0f}** "
+                       f"{', '.join(f'{x:.1%}' for x in ratios)}; median "
+                       f"{statistics.median(ratios):.1%} (target ≥ {INGEST_TARGET:.0%}). "
+                       f"Fan-out events/s: median {statistics.median(fan):,.0f} "
                        f"(min {min(fan):,.0f}, max {max(fan):,.0f}).\n")
         reps = [(r.round, r.replay) for r in fans if r.replay is not None]
         if reps:

@@ -68,7 +68,7 @@ def report(rep: Report, results: list[ValuesCase], baseline: str) -> None:
                   *(r.calls.q(q) / 1e3 for q in ("p50", "p99", "p99.9", "max", "mean")),
                   r.timer.q("p50") / 1e3, r.load, None] for r in rs]
         m = {q: med([r.calls.q(q) for r in rs]) for q in ("p50", "p99", "p99.9", "mean")}
-        rows.append([f"**{LABELS[kind]}, {sdk}**", "all", sum(r.calls.n for r in rs),
+        rows.append([f"{LABELS[kind]}, {sdk}", "all", sum(r.calls.n for r in rs),
                      m["p50"] / 1e3, m["p99"] / 1e3, m["p99.9"] / 1e3,
                      max(r.calls.q("max") for r in rs) / 1e3, m["mean"] / 1e3,
                      med([r.timer.q("p50") for r in rs]) / 1e3, None, m["p50"] / ref_med])

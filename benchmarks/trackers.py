@@ -78,12 +78,12 @@ def report(rep: Report, n: int, alone: dict[str, DaemonCase],
         lib_rows = lib_rows or [None]
         for j, lr in enumerate(lib_rows):
             first = j == 0
-            row: list[str | int] = [f"**{LABEL[k]}**" if first else ""]
+            row: list[str | int] = [LABEL[k] if first else ""]
             if first and cl and tr:
                 c = cl.calls
                 row += [f"{us(c.p50)} / {us(c.p99)}",
                         f"{cl.loop_s:.3f} + {cl.close_s:.3f}",
-                        f"{tr.deliver_s:.2f}", f"**{tr.eps:,.0f}**",
+                        f"{tr.deliver_s:.2f}", f"{tr.eps:,.0f}",
                         landed(tr.check)]
             else:
                 row += ["", "", "", "", ""] if not first else ["-"] * 5
@@ -96,23 +96,16 @@ def report(rep: Report, n: int, alone: dict[str, DaemonCase],
                 ratio = (c.p50 / per) / cl.calls.p50 if cl else float("nan")
                 row += [LIB_CALL[lr.mode], f"{lr.n:,}", med, f"{ratio:,.0f}×",
                         f"{lr.loop_s:.2f} + {lr.close_s:.2f}",
-                        f"**{lib_eps(lr):,.0f}**", landed(lr.check)]
+                        f"{lib_eps(lr):,.0f}", landed(lr.check)]
             else:
                 row += ["-"] * 7
             rows.append(row)
-    rep.add(tbl(["tracker", "magnusd `track_this` µs", "client loop + flush s",
-                        "delivery s", "delivered events/s", "landed (magnusd)",
-                        "library call", "calls", "library µs", "library ÷ track_this (median)",
-                        "loop + close s", "library events/s", "landed (library)"], rows))
+    rep.add(tbl([("tracker", "*"), "magnusd `track_this` µs", "client loop + flush s",
+                 "delivery s", ("delivered events/s", "*"), "landed (magnusd)", "library call",
+                 "calls", "library µs", "library ÷ track_this (median)", "loop + close s",
+                 ("library events/s", "*"), "landed (library)"], rows))
 
     if alone:
-        rep.add("\n## delivery through magnusd, one tracker per daemon\n\n"
-                   "First delivery: seconds from the first event until `status` first showed "
-                   "delivered > 0 (includes the tracker's first-use work) and how many events "
-                   "that first batch held; steady = the remaining events over the remaining "
-                   "time. Lag = delivery done − the client's `flush()` returned. Daemon CPU: "
-                   "the daemon's Python process from go to done (W&B's `wandb-core` is a "
-                   "separate process, not counted).\n")
         rows = []
         for k in KINDS:
             a = alone.get(k)
@@ -125,16 +118,17 @@ def report(rep: Report, n: int, alone: dict[str, DaemonCase],
                          f"{a.daemon_cpu_s:.2f}", f"{a.rss_kb[1] / 1024:.0f}",
                          f"{a.stop_s:.2f}", t.errors])
         rep.add(tbl(["tracker", "first delivery s (events)", "steady events/s",
-                            "all delivered s", "lag after flush s", "max pending",
-                            "daemon CPU s", "daemon peak RSS MB", "daemon stop s", "errors"],
-                           rows))
+                     "all delivered s", "lag after flush s", "max pending", "daemon CPU s",
+                     "daemon peak RSS MB", "daemon stop s", "errors"], rows,
+                    "delivery through magnusd, one tracker per daemon",
+                    "First delivery: seconds from the first event until `status` first showed "
+                    "delivered > 0 (includes the tracker's first-use work) and how many events "
+                    "that first batch held; steady = the remaining events over the remaining "
+                    "time. Lag = delivery done − the client's `flush()` returned. Daemon CPU: "
+                    "the daemon's Python process from go to done (W&B's `wandb-core` is a "
+                    "separate process, not counted)."))
     if together and together.trackers:
         cl = together.client
-        rep.add(f"\n## all three trackers in one daemon\n\nSame client and N; "
-                   f"`track_this` {us(cl.calls.p50)} / {us(cl.calls.p99)} µs, "
-                   f"client loop + flush {cl.loop_s:.3f} + {cl.close_s:.3f} s; daemon "
-                   f"CPU {together.daemon_cpu_s:.2f} s, peak RSS "
-                   f"{together.rss_kb[1] / 1024:.0f} MB.\n")
         rows = []
         for k in KINDS:
             tt = together.trackers.get(k)
@@ -143,14 +137,17 @@ def report(rep: Report, n: int, alone: dict[str, DaemonCase],
             t = tt
             solo = alone[k].trackers.get(k) if k in alone else None
             rows.append([LABEL[k], f"{t.first_s:.2f} ({t.first_events:,})",
-                         f"{t.deliver_s:.2f}", f"**{t.eps:,.0f}**",
+                         f"{t.deliver_s:.2f}", f"{t.eps:,.0f}",
                          f"{solo.eps:,.0f}" if solo else "-", eps_or_dash(t.steady_eps),
                          f"{t.max_pending:,}", landed(t.check)])
         rep.add(tbl(["tracker", "first delivery s (events)", "all delivered s",
-                            "events/s", "events/s alone (above)", "steady events/s",
-                            "max pending", "landed"], rows))
+                     ("events/s", "*"), "events/s alone (above)", "steady events/s",
+                     "max pending", "landed"], rows, "all three trackers in one daemon",
+                    f"Same client and N; `track_this` {us(cl.calls.p50)} / {us(cl.calls.p99)} "
+                    f"µs, client loop + flush {cl.loop_s:.3f} + {cl.close_s:.3f} s; daemon CPU "
+                    f"{together.daemon_cpu_s:.2f} s, peak RSS "
+                    f"{together.rss_kb[1] / 1024:.0f} MB."))
     if libs:
-        rep.add("\n## the libraries alone (fresh process each)\n")
         rows = []
         for m in ("mlflow_metric", "mlflow_batch", "wandb", "tbx"):
             r = libs.get(m)
@@ -163,9 +160,9 @@ def report(rep: Report, n: int, alone: dict[str, DaemonCase],
                          f"{r.setup_s:.2f}", f"{r.loop_s:.2f}",
                          f"{r.close_s:.3f} ({LIB_CLOSE[m]})", f"{r.n / r.loop_s:,.0f}",
                          f"{lib_eps(r):,.0f}"])
-        rep.add(tbl(["call", "events", "timed calls", "median µs/event",
-                            "p90", "p99", "max", "setup s", "loop s", "close s",
-                            "events/s (loop)", "events/s (loop + close)"], rows))
+        rep.add(tbl(["call", "events", "timed calls", "median µs/event", "p90", "p99", "max",
+                     "setup s", "loop s", "close s", "events/s (loop)",
+                     "events/s (loop + close)"], rows, "the libraries alone (fresh process each)"))
         lm = libs.get("mlflow_metric")
         if lm and lm.n < n:
             rep.add(f"\n`mlflow.log_metric` ran {lm.n:,} calls, not {n:,}: at its per-call cost "
