@@ -62,6 +62,15 @@ def extract_sdk(rev: str, dest: Path) -> str:
     return commit
 
 
+def sdk_env(env: dict[str, str], sdk_dir: Path | None) -> tuple[dict[str, str], Path]:
+    """`env` for a client importing the SDK at `sdk_dir` (a `git archive` copy, imported ahead
+    of the editable install; None: the working tree's), and where `magnus` must come from."""
+    env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    if sdk_dir is None:
+        return env, C.REPO / "sdk" / "magnus"
+    return env | {"PYTHONPATH": str(sdk_dir)}, sdk_dir / "magnus"
+
+
 def import_cost(runs: int, sdks: dict[str, Path | None]) -> tuple[list[Result], list[str]]:
     """Per SDK, all interleaved, bytecode writing allowed (a warm-up run of each first: the
     .pyc files exist): the median wall time of `python -c 'import magnus'` minus that of

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 
+import _baseline as B
 import _common as C
 from _results import Stats
 from _values_client import expected, plain_ok
@@ -63,18 +64,10 @@ def verify_run(d: C.Daemon, run_id: str, kind: str, n: int) -> Verified:
     run = d.run_log(run_id)
     show_s = time.monotonic() - t0
     m = run.get("steps", {}).get("main", {}).get("user_defined_metrics", {})
-    found = 0
-    missing: list[str] = []
-    bad: list[str] = []
-    for i in range(n + 1):
-        name = "loss" if i == 0 else f"loss_{i}"
-        if name not in m:
-            if len(missing) < 5:
-                missing.append(name)
-            continue
-        found += 1
-        if not plain_ok(kind, m[name], expected(kind, i)) and len(bad) < 5:
-            bad.append(f"{name}={m[name]!r}")
+    found, missing = C.metric_keys_ok(run, "main", "loss", range(n + 1))
+    bad = [f"{k}={m[k]!r}" for k, want in (("loss" if i == 0 else f"loss_{i}", expected(kind, i))
+                                            for i in range(n + 1))
+           if k in m and not plain_ok(kind, m[k], want)][:5]
     sample = {k: m[k] for k in ("loss_1", f"loss_{n}") if k in m}
     return Verified(found=found, expected=n + 1, missing=missing, bad_values=bad,
                     sample=json.dumps(sample, separators=(",", ":")), show_s=show_s,
@@ -85,15 +78,8 @@ def verify_run(d: C.Daemon, run_id: str, kind: str, n: int) -> Verified:
 def run_case(d: C.Daemon, cspool: str, kind: str, sdk: str, n: int, rnd: int,
              sdk_dirs: dict[str, Path | None]) -> ValuesCase:
     run_id = f"bench-{kind}-{sdk}-{rnd}-{os.urandom(3).hex()}"
-    env = C.clean_env(MAGNUS_SOCKET=d.sock, MAGNUS_DATA_DIR=str(d.data),
-                      MAGNUS_CONFIG=str(d.config), MAGNUS_SPOOL_DIR=cspool, MAGNUS_RUN_ID=run_id)
-    env.pop("PYTHONPATH", None)
-    extracted = sdk_dirs[sdk]
-    if extracted is not None:  # a `git archive` copy, imported ahead of the editable install
-        env["PYTHONPATH"] = str(extracted)
-        where = extracted / "magnus"
-    else:
-        where = REPO / "sdk" / "magnus"
+    env, where = B.sdk_env(d.client_env(MAGNUS_SPOOL_DIR=cspool, MAGNUS_RUN_ID=run_id),
+                           sdk_dirs[sdk])
     before = d.status()["events_total"]
     load = os.getloadavg()[0]
     print(f"round {rnd}: {kind} / {sdk}: {n:,} calls ...", file=sys.stderr)

@@ -77,12 +77,7 @@ class Case(msgspec.Struct, kw_only=True):
 
 def client(mode: str, n: int, env: dict[str, str], case: str, sdk: str, rnd: int,
            sdk_dir: Path | None) -> Case:
-    env = dict(env)
-    env.pop("PYTHONPATH", None)
-    where = C.REPO / "sdk" / "magnus"
-    if sdk_dir is not None:  # a `git archive` copy, imported ahead of the editable install
-        env["PYTHONPATH"] = str(sdk_dir)
-        where = sdk_dir / "magnus"
+    env, where = B.sdk_env(env, sdk_dir)
     load = os.getloadavg()[0]
     print(f"round {rnd}: {case} / {sdk}: {n:,} calls ...", file=sys.stderr)
     r = C.client_json([C.PY, CLIENT, mode, str(n), str(where)], env, timeout=900)
