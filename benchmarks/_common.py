@@ -111,15 +111,6 @@ def remove_tree(path: Path, keep: bool) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def loadavg() -> str:
-    """The 1, 5 and 15 minute load averages, as /proc/loadavg shows them."""
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
-
-
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc."""
     try:

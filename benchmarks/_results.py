@@ -28,23 +28,34 @@ class Machine(msgspec.Struct, frozen=True):
     python: str
     cpus: int
     arch: str
-    load: tuple[float, float, float]
+    load: tuple[float, float, float]  # when saved (the end of the run)
     at: str
+    load_start: tuple[float, float, float] | None = None  # as the script started
 
     @classmethod
     def now(cls) -> Machine:
-        try:
-            load = os.getloadavg()
-        except OSError:
-            load = (float("nan"),) * 3
         return cls(python=f"{platform.python_implementation()} {platform.python_version()}",
-                   cpus=os.cpu_count() or 0, arch=platform.machine(), load=load,
-                   at=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+                   cpus=os.cpu_count() or 0, arch=platform.machine(), load=loadavg(),
+                   at=time.strftime("%Y-%m-%d %H:%M:%S %Z"), load_start=LOAD_AT_START)
 
     def line(self) -> str:
+        start = " ".join(f"{x:.2f}" for x in self.load_start or ())
         return (f"{self.python}, {self.cpus} CPU(s), {self.arch}, load average "
-                f"{self.load[0]:.2f} {self.load[1]:.2f} {self.load[2]:.2f} (other processes on "
-                f"the machine skew the tails), {self.at}")
+                + (f"{start} at the start, " if start else "")
+                + f"{self.load[0]:.2f} {self.load[1]:.2f} {self.load[2]:.2f}"
+                + (" at the end" if start else "")
+                + f" (other processes on the machine skew the tails), {self.at}")
+
+
+def loadavg() -> tuple[float, float, float]:
+    """The 1, 5 and 15 minute load averages."""
+    try:
+        return os.getloadavg()
+    except OSError:
+        return (float("nan"),) * 3
+
+
+STARTED, LOAD_AT_START = time.monotonic(), loadavg()  # the script's start: it imports this first
 
 
 class Result(msgspec.Struct, kw_only=True):
@@ -129,6 +140,7 @@ def save(report: Report) -> Path:
     (a smoke test, not figures) goes to out/quick/ instead, leaving full-size results alone."""
     from render import render
 
+    report.machine = msgspec.structs.replace(report.machine, load=loadavg())
     out = OUT_DIR / "quick" if "--quick" in report.argv else OUT_DIR
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{report.name}.json"
@@ -138,6 +150,14 @@ def save(report: Report) -> Path:
     print(text)
     print(f"(written to {path} and {path.with_suffix('.md')})", file=sys.stderr)
     return path
+
+
+def finish(report: Report) -> int:
+    """Save the report (its time: since the script started, unless set) and the exit status:
+    0 when every check passed."""
+    report.seconds = report.seconds or time.monotonic() - STARTED
+    save(report)
+    return 0 if report.ok else 1
 
 
 def load(path: Path) -> Report:

@@ -38,7 +38,7 @@ import time
 import msgspec
 
 import _common as C
-from _results import OUT_DIR, Result, Table, Text, cols, new_report, save
+from _results import OUT_DIR, Result, Table, Text, cols, finish, new_report
 
 CLIENT = str(C.HERE / "_ingest_client.py")
 PROFILED_SERVE = str(C.HERE / "_profiled_serve.py")
@@ -160,7 +160,6 @@ def main() -> int:
     C.check_python()
     if args.quick:
         args.events, args.clients = 20_000, "1,4"
-    t_start = time.monotonic()
     results = []
     for n in (int(x) for x in args.clients.split(",")):
         print(f"{n} client(s), {args.events:,} events{' (profiled)' if args.profile else ''} ...",
@@ -205,9 +204,7 @@ def main() -> int:
                            for what, body in r.profile]
     rep.ok = all(ok)
     rep.data = results
-    rep.seconds = time.monotonic() - t_start
-    save(rep)
-    return 0 if rep.ok else 1
+    return finish(rep)
 
 
 if __name__ == "__main__":

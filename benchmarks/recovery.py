@@ -82,13 +82,12 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import _baseline as B
 import _common as C
 import _recovery_cases as R_
 from _recovery_start import STUCK_S, Start
-from _results import Report, Result, new_report, save, tbl
+from _results import Report, Result, finish, new_report, tbl
 
 
 def med_max(vals: list[float], fmt: str = "{:.2f}") -> str:
@@ -105,11 +104,10 @@ def caught_cell(rs: list[Start]) -> str:
     return cell
 
 def report(rep: Report, args: argparse.Namespace, b: R_.Built,
-           results: dict[str, list[Start]], load0: str, code: str) -> None:
+           results: dict[str, list[Start]], code: str) -> None:
     bj = b.journal
     rep.title = f"magnusd recovery with a {bj.bytes / R_.GIB:.2f} GiB journal"
-    out = [f"/proc/loadavg at start {load0}, at end {C.loadavg()}\n",
-           f"Daemon and SDK: {code}.\n",
+    out = [f"Daemon and SDK: {code}.\n",
            f"Journal built by {args.clients} client processes (`track_this(step=i, loss=...)`, "
            f"`flush()` every {args.flush_every:,} calls) in {b.seconds:.1f} s "
            f"({b.sent / b.seconds:,.0f} events/s; run store caught up at "
@@ -209,8 +207,6 @@ def main() -> int:
     if unknown := set(cases) - set(R_.CASES):
         sys.exit(f"unknown case(s): {', '.join(sorted(unknown))}")
     C.check_python()
-    load0 = C.loadavg()
-    t_start = time.monotonic()
     root = C.short_tmpdir("mbrec")
     extra, code = R_.setup(args, root)
     d = C.Daemon(root, R_.HOLD_CONFIG, spool_dir=str(root / "spool"), extra_env=extra)
@@ -235,13 +231,11 @@ def main() -> int:
         code += f"; {B.tree_state('daemon', 'sdk')} at the end"
     res = new_report("recovery" + (f"-{args.rev}" if args.rev else ""), "magnusd recovery")
     res.notes = problems
-    report(res, args, b, results, load0, code)
+    report(res, args, b, results, code)
     res.ok = (all(r.damage_ok for r in results.get("damaged", []))
               and not any(r.stuck for rs in results.values() for r in rs))
     res.data = {"build": b, "cases": results}
-    res.seconds = time.monotonic() - t_start
-    save(res)
-    return 0 if res.ok else 1
+    return finish(res)
 
 
 if __name__ == "__main__":

@@ -40,12 +40,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import _common as C
-from _results import Report, Result, new_report, save, tbl
+from _results import Report, Result, finish, new_report, tbl
 from _rss_cases import TARGET_MB, RssCase, case, daemon_source
 from _tracker_data import PointsCheck
 from _trackers_cases import KINDS, LABEL
@@ -68,9 +67,8 @@ def landed(chk: PointsCheck | None) -> str:
             f"{chk.bad_values}")
 
 
-def report(rep: Report, args: argparse.Namespace, results: list[RssCase], src: str,
-           load0: str, load1: str) -> None:
-    rep.intro = (f"/proc/loadavg at start {load0}, at end {load1}; daemon code: {src}\n\n"
+def report(rep: Report, args: argparse.Namespace, results: list[RssCase], src: str) -> None:
+    rep.intro = (f"Daemon code: {src}.\n\n"
            f"N = {args.n:,} events (`loss` = 1/i, steps 1..N, one run, one client process as "
            f"fast as it can), then until every tracker is caught up; /proc/<pid>/status "
            f"sampled every {args.every:g} s. MB = MiB. Peak = VmHWM (the kernel's high-water "
@@ -179,8 +177,6 @@ def main() -> int:
     if args.quick:
         args.n = 5_000
     want = args.cases.split(",")
-    load0 = C.loadavg()
-    t0 = time.monotonic()
     pythonpath, src = daemon_source(args.daemon_rev)
     results: list[RssCase] = []
     try:
@@ -197,7 +193,7 @@ def main() -> int:
         if pythonpath:
             C.remove_tree(Path(pythonpath).parent, False)
     rep = new_report("rss", "magnusd memory: the daemon with the real trackers, and their workers")
-    report(rep, args, results, src, load0, C.loadavg())
+    report(rep, args, results, src)
     for r in results:
         peak = r.daemon.last[1] / 1024
         rep.results.append(Result(
@@ -205,9 +201,7 @@ def main() -> int:
             + (", ".join(LABEL[k] for k in r.kinds) or "no tracker"), unit="MB", median=peak,
             ok=peak <= TARGET_MB or not r.kinds))
     rep.data = results
-    rep.seconds = time.monotonic() - t0
-    save(rep)
-    return 0 if rep.ok else 1
+    return finish(rep)
 
 
 if __name__ == "__main__":

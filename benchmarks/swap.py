@@ -43,10 +43,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import _common as C
-from _results import Cell, Report, Result, new_report, save, tbl
+from _results import Cell, Report, Result, finish, new_report, tbl
 from _swap_cases import FanoutCase, SwapCase, case_fanout, case_swap
 
 TARGET_S = 2.0
@@ -187,7 +186,6 @@ def main() -> int:
     if args.quick:
         args.swaps, args.events, args.rounds = 2, 20_000, 1
     cases = set(args.cases.split(","))
-    t0 = time.monotonic()
     swap = None
     fans = []
     if "swap" in cases:
@@ -206,9 +204,7 @@ def main() -> int:
     rep = new_report("swap", "tracker hot swap and fan-out")
     report(rep, swap, fans)
     rep.data = {"swap": swap, "fanout": fans}
-    rep.seconds = time.monotonic() - t0
-    save(rep)
-    return 0 if rep.ok else 1
+    return finish(rep)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import msgspec
 import _baseline as B
 import _common as C
 from _baseline import extract_sdk, import_cost
-from _results import Result, Stats, Table, Text, cols, new_report, save
+from _results import Result, Stats, Table, Text, cols, finish, new_report
 
 CLIENT = str(C.HERE / "_track_client.py")
 PEERS = ("wandb", "mlflow", "tensorboardX", "datadog", "statsd", "opentelemetry")
@@ -169,7 +169,6 @@ def main() -> int:
     cases = set(args.cases.split(","))
     n = args.calls
     rounds = args.rounds or (3 if args.baseline else 1)
-    t_start = time.monotonic()
     root = C.short_tmpdir("mbu")
     sdks: dict[str, Path | None] = {"current": None}
     rep = new_report("track_this", "track_this latency")
@@ -239,9 +238,7 @@ def main() -> int:
         rep.notes += msgspec.convert(fin, C.Ended).problems("a")
     rep.ok = all(c.ok for c in results)
     rep.data = results
-    rep.seconds = time.monotonic() - t_start
-    save(rep)
-    return 0 if rep.ok else 1
+    return finish(rep)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ import msgspec
 import _baseline as B
 import _common as C
 from _baseline import extract_sdk
-from _results import Report, Result, Table, Text, cols, new_report, save
+from _results import Report, Result, Table, Text, cols, finish, new_report
 from _values_cases import ValuesCase, run_case
 
 LABELS = {"float": "plain `float`", "f64": "`np.float64` scalar", "f32": "`np.float32` scalar",
@@ -143,7 +142,6 @@ def main() -> int:
     if args.quick:
         args.rounds, args.calls, args.slow_calls, args.torch_calls = 1, 20_000, 2_000, 500
     cases = [k for k in ("float", *SLOW) if k in set(args.cases.split(","))]
-    t_start = time.monotonic()
     root = C.short_tmpdir("mbv")
     sdk_dirs: dict[str, Path | None] = {"baseline": root / "base" / "sdk", "current": None}
     commit = extract_sdk(args.baseline, root / "base")
@@ -187,9 +185,7 @@ def main() -> int:
     rep.notes.append(f"daemon RSS {rss[0] / 1024:.0f} MB (peak {rss[1] / 1024:.0f} MB) at the end")
     rep.ok = all(r.ok for r in results)
     rep.data = results
-    rep.seconds = time.monotonic() - t_start
-    save(rep)
-    return 0 if rep.ok else 1
+    return finish(rep)
 
 
 if __name__ == "__main__":

@@ -35,10 +35,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import _common as C
-from _results import Report, Result, new_report, save, tbl
+from _results import Report, Result, finish, new_report, tbl
 from _trackers_cases import (
     KINDS,
     LABEL,
@@ -204,7 +203,6 @@ def main() -> int:
         args.n, args.mlflow_metric_n = 1_000, 100
     cases = set(args.cases.split(","))
     kinds = tuple(k for k in KINDS if k in args.trackers.split(","))
-    t0 = time.monotonic()
     alone: dict[str, DaemonCase] = {}
     together = None
     libs: dict[str, LibraryCase] = {}
@@ -235,9 +233,7 @@ def main() -> int:
                                       unit="events/s", n=args.n, median=t.eps,
                                       ok=t.check is not None and t.check.ok))
     rep.data = {"alone": alone, "together": together, "libraries": libs}
-    rep.seconds = time.monotonic() - t0
-    save(rep)
-    return 0 if rep.ok else 1
+    return finish(rep)
 
 
 if __name__ == "__main__":

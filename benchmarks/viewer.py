@@ -60,7 +60,6 @@ import argparse
 import re
 import statistics
 import sys
-import time
 from typing import Any
 
 import msgspec
@@ -68,7 +67,7 @@ import msgspec
 import _baseline as B
 import _common as C
 import _viewer_cases as V
-from _results import Cell, Report, Result, new_report, save, tbl
+from _results import Cell, Report, Result, finish, new_report, tbl
 from _viewer_browser import CHROMIUM, DRIVER
 from _viewer_ingest import MODES, IngestRound
 
@@ -100,8 +99,6 @@ def main() -> int:
         args.rate, args.seconds, args.events, args.rounds = 2_000, 3, 20_000, 1
     if not (CHROMIUM and DRIVER):
         sys.exit("needs Debian's chromium and chromium-driver (/usr/bin/chromium, chromedriver)")
-    t_start = time.monotonic()
-    load_start = C.loadavg()
     rev = B.tree_state("sdk", "daemon")
     root = C.short_tmpdir("mbv")
     d = C.Daemon(root)
@@ -115,16 +112,13 @@ def main() -> int:
         R["log_problems"] = d.log_problems()
         R["log_exceptions"] = C.log_exceptions(d.log_text(None))
         C.remove_tree(root, args.keep)
-    rep = new_report("viewer", "the web viewer", f"{rev}; /proc/loadavg at start `{load_start}`, "
-                     f"at end `{C.loadavg()}`.")
+    rep = new_report("viewer", "the web viewer", f"The daemon and SDK: {rev}.")
     run = msgspec.convert(R, V.ViewerRun)
     report(rep, args, run, rss, warnings)
     lost = sum(x.lost for x in run.ingest)
     rep.ok = lost == 0 and run.live.steps_ok == "ok" and run.daemon_exit == 0
     rep.data = run
-    rep.seconds = time.monotonic() - t_start
-    save(rep)
-    return 0 if rep.ok else 1
+    return finish(rep)
 
 
 def report(rep: Report, args: Any, R: V.ViewerRun, rss: list[tuple[str, int, int]],
