@@ -1,36 +1,36 @@
-"""Client process of benchmarks/ingest.py: sends N events as fast as it can, then flush().
+"""Client process of benchmarks/ingest.py, swap.py and viewer.py: sends N events as fast as it
+can, then flush().
 
-    python _ingest_client.py N
+    python _ingest_client.py N [STEP_NAME]
 
-Warms up (one flush(): the SDK connects and imports msgspec), prints "ready", waits for a line
-on stdin, then runs `track_this(loss=..., step=i)` for i = 0..N-1 and `flush()`, and prints one
-JSON line with time.monotonic() stamps (system-wide on Linux, so comparable across processes).
+After the handshake (`_client_io.ready`) it runs `track_this(loss=..., step=i)` for
+i = 0..N-1 (inside `step(STEP_NAME)` when given) and `flush()`, and prints one JSON line with
+time.monotonic() stamps (system-wide on Linux, so comparable across processes).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import sys
 import time
+
+from _client_io import emit, ready
 
 
 def main() -> None:
     n = int(sys.argv[1])
-    from magnus import flush, track_this
+    from magnus import flush, step, track_this
 
-    warm_ok = flush(timeout=30)
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
-    sys.stdin.readline()
+    warm_ok = ready(flush)
     t_first = time.monotonic()
-    for i in range(n):
-        track_this(loss=i * 1e-6, step=i)
+    with step(sys.argv[2]) if len(sys.argv) > 2 else contextlib.nullcontext():
+        for i in range(n):
+            track_this(loss=i * 1e-6, step=i)
     t_loop = time.monotonic()
     ok = flush(timeout=300)
     t_flushed = time.monotonic()
-    sys.stdout.write(json.dumps({"t_first": t_first, "t_loop": t_loop, "t_flushed": t_flushed,
-                                 "flush_ok": ok, "warm_ok": warm_ok}) + "\n")
-    sys.stdout.flush()
+    emit({"t_first": t_first, "t_loop": t_loop, "t_flushed": t_flushed, "flush_ok": ok,
+          "warm_ok": warm_ok})
 
 
 if __name__ == "__main__":

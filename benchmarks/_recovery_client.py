@@ -2,36 +2,27 @@
 
     python _recovery_client.py FIRST_STEP FLUSH_EVERY
 
-Warms up (one flush(): the SDK connects and imports msgspec), prints "ready", waits for a line
-on stdin, then runs `track_this(step=i, loss=...)` for i = FIRST_STEP, FIRST_STEP + 1, ...
-as fast as it can, calling `flush()` after every FLUSH_EVERY calls, until a second line (or
-EOF) arrives on stdin (checked at each flush); then a last flush() and one JSON line: calls
-made, flushes, whether every flush() returned True, time.monotonic() stamps.
+After the handshake (`_client_io.ready`) it runs `track_this(step=i, loss=...)` for i =
+FIRST_STEP, FIRST_STEP + 1, ... as fast as it can, calling `flush()` after every FLUSH_EVERY
+calls, until a second line (or EOF) arrives on stdin (checked at each flush); then a last
+flush() and one JSON line: calls made, flushes, whether every flush() returned True,
+time.monotonic() stamps.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-import threading
 import time
+
+from _client_io import emit, ready, stop_event
 
 
 def main() -> None:
     first, every = int(sys.argv[1]), int(sys.argv[2])
     from magnus import flush, track_this
 
-    warm_ok = flush(timeout=30)
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
-    sys.stdin.readline()
-    stop = threading.Event()
-
-    def wait_stop() -> None:
-        sys.stdin.readline()
-        stop.set()
-
-    threading.Thread(target=wait_stop, daemon=True).start()
+    warm_ok = ready(flush)
+    stop = stop_event()
     t_first = time.monotonic()
     i = first
     flushes, ok = 0, True
@@ -43,10 +34,8 @@ def main() -> None:
         ok = flush(timeout=120) and ok
         flushes += 1
     t_last = time.monotonic()
-    sys.stdout.write(json.dumps({"n": i - first, "flushes": flushes, "flush_ok": ok,
-                                 "warm_ok": warm_ok, "t_first": t_first, "t_last": t_last,
-                                 "t_flushed": time.monotonic()}) + "\n")
-    sys.stdout.flush()
+    emit({"n": i - first, "flushes": flushes, "flush_ok": ok, "warm_ok": warm_ok,
+          "t_first": t_first, "t_last": t_last, "t_flushed": time.monotonic()})
 
 
 if __name__ == "__main__":

@@ -2,36 +2,26 @@
 
     python _steady_client.py RATE
 
-Warms up (one flush(): the SDK connects and imports msgspec), prints "ready", waits for a line
-on stdin, then runs `track_this(loss=i * 1e-6, step=i)` for i = 0, 1, ... keeping up with RATE
-events/s (checked every ~1 ms; a late tick catches up in a burst) until a second line (or EOF)
-arrives on stdin; then flush() and one JSON line: how many events were sent, time.monotonic()
-stamps, whether flush() returned True.
+After the handshake (`_client_io.ready`) it runs `track_this(loss=i * 1e-6, step=i)` for i = 0,
+1, ... keeping up with RATE events/s (checked every ~1 ms; a late tick catches up in a burst)
+until a second line (or EOF) arrives on stdin; then flush() and one JSON line: how many events
+were sent, time.monotonic() stamps, whether flush() returned True.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-import threading
 import time
+
+from _client_io import emit, ready, stop_event
 
 
 def main() -> None:
     rate = float(sys.argv[1])
     from magnus import flush, track_this
 
-    warm_ok = flush(timeout=30)
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
-    sys.stdin.readline()
-    stop = threading.Event()
-
-    def wait_stop() -> None:
-        sys.stdin.readline()
-        stop.set()
-
-    threading.Thread(target=wait_stop, daemon=True).start()
+    warm_ok = ready(flush)
+    stop = stop_event()
     mono, sleep = time.monotonic, time.sleep
     t_first = mono()
     i = 0
@@ -45,10 +35,8 @@ def main() -> None:
         sleep(0.001)
     t_last = mono()
     ok = flush(timeout=120)
-    sys.stdout.write(json.dumps({"n": i, "t_first": t_first, "t_last": t_last,
-                                 "t_flushed": mono(), "flush_ok": ok, "warm_ok": warm_ok,
-                                 "max_burst": max_behind}) + "\n")
-    sys.stdout.flush()
+    emit({"n": i, "t_first": t_first, "t_last": t_last, "t_flushed": mono(), "flush_ok": ok,
+          "warm_ok": warm_ok, "max_burst": max_behind})
 
 
 if __name__ == "__main__":

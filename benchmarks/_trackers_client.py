@@ -20,13 +20,13 @@ with the parent's).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from array import array
 from collections.abc import Callable
 
+from _client_io import emit, ready
 from _track_client import summary
 
 
@@ -46,10 +46,7 @@ def timed_loop(n: int, call: Callable[[float, int], object]) -> tuple[array[int]
 def run_magnus(n: int) -> dict[str, object]:
     from magnus import flush, track_this
 
-    warm_ok = flush(timeout=30)
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
-    sys.stdin.readline()
+    warm_ok = ready(flush)
     pc = time.perf_counter_ns
     out = array("q", bytes(8 * n))
     t_first = time.monotonic()
@@ -150,8 +147,7 @@ def main() -> None:
         fn = {"mlflow_metric": run_mlflow_metric, "mlflow_batch": run_mlflow_batch,
               "wandb": run_wandb, "tbx": run_tbx}[mode]
         res = fn(n, sys.argv[3])
-    sys.stdout.write(json.dumps(res) + "\n")
-    sys.stdout.flush()
+    emit(res)
 
 
 if __name__ == "__main__":

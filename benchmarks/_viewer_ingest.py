@@ -12,7 +12,9 @@ import msgspec
 
 import _common as C
 from _viewer_api import Api, StreamSink
-from _viewer_browser import CLIENT, console, poll, snap
+from _viewer_browser import console, poll, snap
+
+INGEST = str(C.HERE / "_ingest_client.py")
 
 MODES = {"none": "about:blank",
          "stream": "about:blank; the run's event stream read by a socket",
@@ -61,7 +63,7 @@ def ingest_round(d: C.Daemon, driver: Any, base: str, api: Api, total: int, run_
         poll(lambda: driver.execute_script(
             "return window.__mb.es.some((e) => e.readyState === 1)"), 30, what="stream open")
         poll(lambda: d.status()["ui"]["live_streams"] >= 1, 30, 0.02, what="live stream")
-    procs = [d.start_client(CLIENT, ["burst", str(per), nm], run_id) for nm in names]
+    procs = [d.start_client(INGEST, [str(per), nm], run_id) for nm in names]
     try:
         base_st = d.status()
         assert d.proc is not None
