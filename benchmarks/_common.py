@@ -30,7 +30,6 @@ from harness import MAGNUSD, PY, clean_env, mem_kb, send, tracker, wait_for  # n
 __all__ = ["MAGNUSD", "PY", "Daemon", "clean_env", "mem_kb", "send", "tracker", "wait_for"]
 
 
-
 class Daemon(harness.Daemon):
     """The harness's daemon, its status asked in-process (the benchmarks poll it often)."""
 
@@ -60,6 +59,7 @@ class Daemon(harness.Daemon):
                      **env: str) -> subprocess.Popen[str]:
         """One `script` process on run `run_id`, once it printed `ready` (`start_clients`)."""
         return self.start_clients(script, args, [run_id], **env)[0]
+
 
 def log_exceptions(text: str) -> dict[str, tuple[int, str]]:
     """Each distinct exception line ending a traceback in a log: (how many, last frame)."""
@@ -156,29 +156,29 @@ def med(xs: Sequence[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def last_json(code: int | None, out: str, err: str, what: str) -> dict[str, Any]:
+    """A client's results: the last line of its stdout as JSON, its stderr added as `stderr`."""
+    if code != 0 or not out.strip():
+        raise RuntimeError(f"{what} exited {code}:\n{err[-2000:]}")
+    res: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    res["stderr"] = err.strip()
+    return res
+
+
 def client_json(cmd: list[str], env: dict[str, str], timeout: float = 900,
                 cwd: Path | None = None) -> dict[str, Any]:
-    """Run a client script to the end; its last stdout line as JSON (plus `stderr`)."""
+    """Run a client script to the end; its results (`last_json`)."""
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
-    err = r.stderr.strip()
-    if r.returncode != 0 or not r.stdout.strip():
-        raise RuntimeError(f"{' '.join(cmd[1:3])} exited {r.returncode}:\n{err[-2000:]}")
-    res: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
-    res["stderr"] = err
-    return res
+    return last_json(r.returncode, r.stdout, r.stderr, " ".join(cmd[1:3]))
 
 
 def read_ready(procs: Sequence[subprocess.Popen[str]], timeout: float = 300
                ) -> list[dict[str, Any]]:
-    """Wait for clients started with `Daemon.start_clients` to exit; their JSON lines."""
+    """Wait for clients started with `Daemon.start_clients` to exit; their results."""
     outs = []
     for p in procs:
-        out, err = p.communicate(timeout=timeout)
-        if p.returncode != 0 or not out.strip():
-            raise RuntimeError(f"client exited {p.returncode}: {err[-2000:]}")
-        res: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-        res["stderr"] = err.strip()
-        outs.append(res)
+        out, err = p.communicate(timeout=timeout)  # sets p.returncode
+        outs.append(last_json(p.returncode, out, err, "client"))
     return outs
 
 
