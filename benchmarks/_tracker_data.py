@@ -113,3 +113,15 @@ def verify_run(kind: str, root: Path, n: int, run_id: str) -> dict[str, Any]:
 
     return verify(kind, root / "wb", n, wandb_id=wandb_run_id(run_id),
                   step_key="magnus/step/loss")
+
+
+def landed(chk: PointsCheck | None, none: str = "-") -> str:
+    """A report cell: how a tracker's data landed (`none` when it was not checked)."""
+    if not chk:
+        return none
+    if chk.error:
+        return f"FAIL ({chk.error})"
+    if chk.ok:
+        return f"{chk.points:,} ✓"
+    return (f"FAIL: {chk.points:,} points, missing {chk.missing}, dup "
+            f"{chk.duplicates}, unexpected {chk.unexpected}, bad {chk.bad_values}")

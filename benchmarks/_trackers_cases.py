@@ -181,17 +181,6 @@ def eps_or_dash(v: float) -> str:
     return "-" if v != v else f"{v:,.0f}"  # NaN: the first batch held everything
 
 
-def landed(chk: PointsCheck | None) -> str:
-    if not chk:
-        return "-"
-    if chk.error:
-        return f"FAIL ({chk.error})"
-    if chk.ok:
-        return f"{chk.points:,} ✓"
-    return (f"FAIL: {chk.points:,} points, missing {chk.missing}, dup "
-            f"{chk.duplicates}, unexpected {chk.unexpected}, bad {chk.bad_values}")
-
-
 LIB_FOR = {"mlflow": ["mlflow_metric", "mlflow_batch"], "wandb": ["wandb"],
            "tensorboard": ["tbx"]}
 LIB_CALL = {"mlflow_metric": '`mlflow.log_metric("loss", v, step=i)`',

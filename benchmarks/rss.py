@@ -46,7 +46,7 @@ from typing import Any
 import _common as C
 from _results import Report, Result, finish, new_report, tbl
 from _rss_cases import TARGET_MB, RssCase, case, daemon_source
-from _tracker_data import PointsCheck
+from _tracker_data import landed
 from _trackers_cases import KINDS, LABEL
 
 # -- report -------------------------------------------------------------------------------
@@ -54,17 +54,6 @@ from _trackers_cases import KINDS, LABEL
 
 def mb(kb: float) -> str:
     return f"{kb / 1024:.1f}"
-
-
-def landed(chk: PointsCheck | None) -> str:
-    if chk is None:
-        return "not checked"
-    if chk.error:
-        return f"FAIL ({chk.error})"
-    if chk.ok:
-        return f"{chk.points:,} ✓"
-    return (f"FAIL: {chk.points:,} points, missing {chk.missing}, dup {chk.duplicates}, bad "
-            f"{chk.bad_values}")
 
 
 def report(rep: Report, args: argparse.Namespace, results: list[RssCase], src: str) -> None:
@@ -122,7 +111,7 @@ def report(rep: Report, args: argparse.Namespace, results: list[RssCase], src: s
                 f"{tr.caught_up_s.get(k, float('nan')):.1f}",
                 f"{tr.n / tr.caught_up_s[k]:,.0f}" if k in tr.caught_up_s else "-",
                 st.get("restarts"), st.get("errors"), st.get("dead_lettered"),
-                landed(chk)])
+                landed(chk, "not checked")])
             if len(ws) > 1:
                 problems.append(f"round {tr.round} {k}: the worker's pid changed during the "
                                 f"run: {[x.pid for x in ws]}")

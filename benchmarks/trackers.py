@@ -38,6 +38,7 @@ import sys
 
 import _common as C
 from _results import Report, Result, finish, new_report, tbl
+from _tracker_data import landed
 from _trackers_cases import (
     KINDS,
     LABEL,
@@ -48,7 +49,6 @@ from _trackers_cases import (
     LibraryCase,
     daemon_case,
     eps_or_dash,
-    landed,
     lib_eps,
     library_case,
     us,
