@@ -143,13 +143,9 @@ class SocketTransport:
         self.backoff = BACKOFF_MIN
 
 
-class SpoolTransport:
-    """A spool directory the daemon ingests: each `send` is one file named `<client id>-<first
-    seq>.spool`, written beside, fsynced, renamed into place, the directory fsynced."""
-
-    def __init__(self, directory: str, client_id: str) -> None:
-        self.directory, self.client_id = directory, client_id
-        self.files = 0
+class DurableAtOnce:
+    """A transport whose `send` returns only once the frames are durable: no replies to wait
+    for, nothing to close."""
 
     def fileno(self) -> int:
         return -1
@@ -159,6 +155,15 @@ class SpoolTransport:
 
     def close(self) -> None:
         pass
+
+
+class SpoolTransport(DurableAtOnce):
+    """A spool directory the daemon ingests: each `send` is one file named `<client id>-<first
+    seq>.spool`, written beside, fsynced, renamed into place, the directory fsynced."""
+
+    def __init__(self, directory: str, client_id: str) -> None:
+        self.directory, self.client_id = directory, client_id
+        self.files = 0
 
     def send(self, frames: Sequence[Frame], urgent: bool) -> int | None:
         """Raises OSError when the file cannot be written (nothing is durable then)."""
@@ -226,20 +231,11 @@ def ask_context(path: str, run_id: str, tag: str, step_name: str, warn: Any) -> 
         s.close()
 
 
-class MemoryTransport:
+class MemoryTransport(DurableAtOnce):
     """Frames kept in this process (`magnus.testing`): durable as soon as they are handed over."""
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
-
-    def fileno(self) -> int:
-        return -1
-
-    def receive(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        pass
 
     def send(self, frames: Sequence[Frame], urgent: bool) -> int | None:
         self.frames.extend(f.data for f in frames)
