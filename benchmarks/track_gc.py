@@ -9,6 +9,9 @@ flusher spools), times every call with perf_counter_ns and records every collect
 collection runs inside whichever call allocated the object that crossed the threshold, so a
 generation's median duration is what the calls that pay for it see.
 
+Then how long the flusher holds the GIL per slice: the working tree's encoder
+(`magnus._encode.Encoder.encode`, in-process) on 2,048 and 8,192 single-key calls, median of 200.
+
 Results: benchmarks/out/track_gc.json, rendered to track_gc.md (render.py).
 """
 
@@ -89,6 +92,27 @@ def run(sdk: str, pythonpath: str | None, calls: int, spool: Path) -> GcCase:
                   {g: float(d[-1]) if d else 0.0 for g, d in gcs.items()})
 
 
+def encode_hold_us(calls: int, repeats: int = 200) -> float:
+    """Median µs for the working tree's encoder to turn `calls` single-key calls into frames."""
+    import os
+
+    os.environ.setdefault("MAGNUS_RUN_ID", "gc-encode")
+    from magnus._encode import Encoder, Proc
+    from magnus._steps import Steps
+
+    steps = Steps()
+    ctx = steps.current()
+    steps.implicit[(ctx.run_id, ctx.step_name)] = "given"  # no start mark: records only
+    encoder = Encoder(steps, Proc(os.environ, os.getpid()), "bench", print)
+    entries = [x for i in range(calls) for x in (i, 1.7e9 + i, {"loss": i * 1e-6})]
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        encoder.encode(entries, 0)
+        times.append(time.perf_counter_ns() - t0)
+    return sorted(times)[repeats // 2] / 1e3
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--baseline", help="also measure REV's sdk/magnus")
@@ -121,7 +145,13 @@ def main() -> int:
                c.collections["0"], c.median_ns["0"] / 1e3, c.collections["1"],
                c.median_ns["1"] / 1e3, c.collections["2"], c.median_ns["2"] / 1e3,
                c.max_ns["2"] / 1e3] for c in cases]))
-    rep.data = cases
+    holds = [(n, encode_hold_us(n)) for n in (2048, 8192)]
+    rep.blocks.append(Table(
+        title="the flusher's GIL hold per slice",
+        intro="The working tree's encoder on n single-key calls (columnar form), median of 200.",
+        columns=cols("calls", ("µs", ".1f"), ("ns a call", ".0f")),
+        rows=[[n, us, us * 1e3 / n] for n, us in holds]))
+    rep.data = {"cases": cases, "encode_hold_us": dict(holds)}
     rep.seconds = time.monotonic() - t0
     save(rep)
     return 0

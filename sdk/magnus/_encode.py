@@ -88,8 +88,8 @@ class Encoder:
         self._claim_implicit(ctx, out)
         step = 3 * BATCH_RECORDS
         for i in range(0, len(flat), step):
-            chunk = flat[i : i + step]
-            self._batch(ctx, chunk[0::3], chunk[1::3], chunk[2::3], out)
+            end = i + step
+            self._batch(ctx, flat[i:end:3], flat[i + 1 : end : 3], flat[i + 2 : end : 3], out)
 
     def _claim_implicit(self, ctx: Ctx, out: list[Frame]) -> None:
         """Open this process's attempt of an implicit step on its first record there."""

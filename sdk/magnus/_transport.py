@@ -163,7 +163,6 @@ class SpoolTransport(DurableAtOnce):
 
     def __init__(self, directory: str, client_id: str) -> None:
         self.directory, self.client_id = directory, client_id
-        self.files = 0
 
     def send(self, frames: Sequence[Frame], urgent: bool) -> int | None:
         """Raises OSError when the file cannot be written (nothing is durable then)."""
@@ -187,7 +186,6 @@ class SpoolTransport(DurableAtOnce):
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        self.files += 1
         return frames[-1].seq
 
 
