@@ -79,22 +79,6 @@ def timed_requests(api: Api, path: str, n: int, check: Any) -> dict[str, Any]:
             "max": s[-1], "bytes": size, "n": n}
 
 
-def bulk_runs_spool(n: int) -> bytes:
-    """n runs of one step each (start, one point, end), as a client's spool file holds them."""
-    from magnus import _protocol as proto
-
-    frames = []
-    for i in range(n):
-        run, tag = f"bulk{i:05d}", "even" if i % 2 == 0 else "odd"
-        frames.append(proto.frame(proto.StepMark(f"c{i}", 1, run, tag, "main", "start",
-                                                 1.7e9 + i, "", f"a{i}", "h", 1, 0, None)))
-        frames.append(proto.frame(proto.Batch(f"c{i}", 2, run, tag, "main",
-                                              [(1, 1.7e9 + i, {"x": i})])))
-        frames.append(proto.frame(proto.StepMark(f"c{i}", 3, run, tag, "main", "end",
-                                                 1.7e9 + i + 1, "SUCCESS", f"a{i}", "h", 1)))
-    return b"".join(frames)
-
-
 def caught_up(d: C.Daemon, min_seq: int) -> bool:
     st = d.status()
     return bool(st["journal"]["last_seq"] >= min_seq

@@ -5,7 +5,6 @@ and live latency (tracked → in an open run page).
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import time
 from array import array
@@ -16,9 +15,10 @@ from typing import Any
 import msgspec
 
 import _common as C
+from harness import chromium
 
 CLIENT = str(C.HERE / "_viewer_client.py")
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
 INJECT = (C.HERE / "_viewer_inject.js").read_text()
 
 
@@ -68,18 +68,7 @@ class Live(msgspec.Struct, kw_only=True):
 
 
 def make_browser() -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = CHROMIUM or ""
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver = chromium(**{"goog:loggingPrefs": {"browser": "ALL"}})
     driver.set_script_timeout(60)
     driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": INJECT})
     return driver

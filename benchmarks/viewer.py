@@ -68,8 +68,8 @@ import _baseline as B
 import _common as C
 import _viewer_cases as V
 from _results import Cell, Report, Result, finish, new_report, tbl
-from _viewer_browser import CHROMIUM, DRIVER
 from _viewer_ingest import MODES, IngestRound
+from harness import CHROMEDRIVER, CHROMIUM
 
 
 def page_cell(x: IngestRound) -> str:
@@ -97,7 +97,7 @@ def main() -> int:
     if args.quick:
         args.runs, args.points, args.requests, args.loads = 200, 20_000, 3, 2
         args.rate, args.seconds, args.events, args.rounds = 2_000, 3, 20_000, 1
-    if not (CHROMIUM and DRIVER):
+    if not (CHROMIUM and CHROMEDRIVER):
         sys.exit("needs Debian's chromium and chromium-driver (/usr/bin/chromium, chromedriver)")
     rev = B.tree_state("sdk", "daemon")
     root = C.short_tmpdir("mbv")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,8 @@ from typing import Any
 
 PY = sys.executable
 MAGNUSD = str(Path(PY).parent / "magnusd")
+# Debian's Chromium and its driver (make test installs them), for the viewer's browser checks
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
 class WaitTimeout(AssertionError, TimeoutError):
@@ -356,3 +359,36 @@ def send(procs: Sequence[subprocess.Popen[str]], text: str) -> None:
         assert p.stdin is not None
         p.stdin.write(text)
         p.stdin.flush()
+
+
+def chromium(**capabilities: Any) -> Any:
+    """A headless Debian Chromium driven through its chromedriver (never a downloaded one)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = CHROMIUM or ""
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    for name, value in capabilities.items():
+        opts.set_capability(name, value)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+def bulk_runs_spool(n: int) -> bytes:
+    """n runs of one step each (start, one point, end), as a client's spool file holds them."""
+    from magnus import _protocol as proto
+
+    frames = []
+    for i in range(n):
+        run, tag = f"bulk{i:05d}", "even" if i % 2 == 0 else "odd"
+        frames.append(proto.frame(proto.StepMark(f"c{i}", 1, run, tag, "main", "start",
+                                                 1.7e9 + i, "", f"a{i}", "h", 1, 0, None)))
+        frames.append(proto.frame(proto.Batch(f"c{i}", 2, run, tag, "main",
+                                              [(1, 1.7e9 + i, {"x": i})])))
+        frames.append(proto.frame(proto.StepMark(f"c{i}", 3, run, tag, "main", "end",
+                                                 1.7e9 + i + 1, "SUCCESS", f"a{i}", "h", 1)))
+    return b"".join(frames)

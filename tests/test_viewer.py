@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import MAGNUSD, Daemon, wait_for
-from magnus import _protocol as proto
+from harness import bulk_runs_spool
 
 
 def free_port() -> int:
@@ -122,16 +122,7 @@ def test_ten_thousand_runs_are_listed(viewer: Viewer) -> None:
     d = viewer.d
     assert d.stop() == 0
     spool = d.data / "spool"
-    frames = []
-    for i in range(10_000):
-        run, tag = f"bulk{i:05d}", "even" if i % 2 == 0 else "odd"
-        frames.append(proto.frame(proto.StepMark(f"c{i}", 1, run, tag, "main", "start",
-                                                 1.7e9 + i, "", f"a{i}", "h", 1, 0, None)))
-        frames.append(proto.frame(proto.Batch(f"c{i}", 2, run, tag, "main",
-                                              [(1, 1.7e9 + i, {"x": i})])))
-        frames.append(proto.frame(proto.StepMark(f"c{i}", 3, run, tag, "main", "end",
-                                                 1.7e9 + i + 1, "SUCCESS", f"a{i}", "h", 1)))
-    (spool / "bulk.spool").write_bytes(b"".join(frames))
+    (spool / "bulk.spool").write_bytes(bulk_runs_spool(10_000))
     d.start()
     wait_for(lambda: len(r := viewer.json("/api/runs")) == 10_000
              and all(x["status"] == "SUCCESS" and x["last_step"] == 1 for x in r), timeout=120,

@@ -4,7 +4,6 @@ what was tracked, live growth without a reload, and the token. Screenshots go to
 
 from __future__ import annotations
 
-import shutil
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,10 +12,10 @@ from typing import Any
 import pytest
 
 from conftest import Daemon, wait_for
+from harness import CHROMEDRIVER, CHROMIUM, chromium
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (CHROMIUM and DRIVER),
+              pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                                  reason="Debian chromium and chromium-driver are not installed "
                                         "(make test installs them as root)")]
 DOCS = Path(__file__).parent.parent / "docs"
@@ -35,17 +34,7 @@ TRAIN = """
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = CHROMIUM or ""
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver = chromium()
     yield driver
     driver.quit()
 
